@@ -1,0 +1,237 @@
+"""The record of every call: who answered it (Agent), the call itself, and what was said."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Voice(models.TextChoices):
+    MARIN = "marin", "Marin"
+    CEDAR = "cedar", "Cedar"
+    ALLOY = "alloy", "Alloy"
+    ASH = "ash", "Ash"
+    BALLAD = "ballad", "Ballad"
+    CORAL = "coral", "Coral"
+    ECHO = "echo", "Echo"
+    SAGE = "sage", "Sage"
+    SHIMMER = "shimmer", "Shimmer"
+    VERSE = "verse", "Verse"
+
+
+class TurnDetection(models.TextChoices):
+    SERVER_VAD = "server_vad", "Server VAD (threshold and silence)"
+    SEMANTIC_VAD = "semantic_vad", "Semantic VAD (eagerness)"
+
+
+class Eagerness(models.TextChoices):
+    AUTO = "auto", "Auto"
+    LOW = "low", "Low (lets the caller finish)"
+    MEDIUM = "medium", "Medium"
+    HIGH = "high", "High (answers quickly)"
+
+
+class NoiseReduction(models.TextChoices):
+    OFF = "", "Off"
+    NEAR_FIELD = "near_field", "Near field (handsets, headsets)"
+    FAR_FIELD = "far_field", "Far field (speakerphones)"
+
+
+class Agent(models.Model):
+    """What answers a phone number: the model's instructions, voice and turn-taking."""
+
+    name = models.CharField(max_length=100, unique=True)
+    phone_number = models.CharField(
+        max_length=32,
+        blank=True,
+        help_text="E.164 number this agent answers (the call's To). Blank: the default agent.",
+    )
+    enabled = models.BooleanField(default=True)
+    instructions = models.TextField(help_text="System prompt: who the agent is and what it does.")
+    greeting = models.TextField(
+        blank=True,
+        help_text="If set, the agent speaks first, with this greeting. Blank: the caller speaks first.",
+    )
+    model = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="OpenAI Realtime model. Blank: the OPENAI_REALTIME_MODEL setting.",
+    )
+    voice = models.CharField(max_length=32, choices=Voice.choices, default=Voice.MARIN)
+    transcription_model = models.CharField(
+        max_length=64,
+        blank=True,
+        default="gpt-realtime-whisper",
+        help_text="Model that transcribes the caller. Blank: no caller transcript.",
+    )
+    transcription_language = models.CharField(
+        max_length=8, blank=True, help_text="ISO-639-1 code such as 'en'. Blank: auto-detect."
+    )
+    turn_detection = models.CharField(
+        max_length=16, choices=TurnDetection.choices, default=TurnDetection.SERVER_VAD
+    )
+    vad_threshold = models.FloatField(
+        default=0.5,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Server VAD only: 0 to 1; higher ignores more background noise.",
+    )
+    vad_prefix_padding_ms = models.PositiveIntegerField(default=300)
+    vad_silence_ms = models.PositiveIntegerField(
+        default=500, help_text="Server VAD only: silence that ends the caller's turn."
+    )
+    vad_eagerness = models.CharField(
+        max_length=8,
+        choices=Eagerness.choices,
+        default=Eagerness.AUTO,
+        help_text="Semantic VAD only.",
+    )
+    noise_reduction = models.CharField(
+        max_length=16,
+        choices=NoiseReduction.choices,
+        default=NoiseReduction.NEAR_FIELD,
+        blank=True,
+    )
+    max_call_seconds = models.PositiveIntegerField(
+        default=600, validators=[MinValueValidator(30)], help_text="Longest call this agent takes."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            # One agent per number; blank (the default agent) counts as a number too.
+            models.UniqueConstraint(fields=["phone_number"], name="agent_unique_phone_number"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_model(self) -> str:
+        return self.model or settings.OPENAI_REALTIME_MODEL
+
+
+class CallDirection(models.TextChoices):
+    INBOUND = "inbound", "Inbound"
+    OUTBOUND_API = "outbound-api", "Outbound"
+    OUTBOUND_DIAL = "outbound-dial", "Outbound (dial leg)"
+    WEB = "web", "Web phone"
+
+
+class CallStatus(models.TextChoices):
+    """Twilio's call statuses, spelled as Twilio sends them."""
+
+    QUEUED = "queued", "Queued"
+    INITIATED = "initiated", "Initiated"
+    RINGING = "ringing", "Ringing"
+    IN_PROGRESS = "in-progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    BUSY = "busy", "Busy"
+    FAILED = "failed", "Failed"
+    NO_ANSWER = "no-answer", "No answer"
+    CANCELED = "canceled", "Canceled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {CallStatus.COMPLETED, CallStatus.BUSY, CallStatus.FAILED, CallStatus.NO_ANSWER, CallStatus.CANCELED}
+)
+
+
+class EndedReason(models.TextChoices):
+    CALLER_HUNG_UP = "caller_hung_up", "Caller hung up"
+    AGENT_ENDED = "agent_ended", "Agent ended the call"
+    TRANSFERRED = "transferred", "Transferred"
+    TIME_LIMIT = "time_limit", "Time limit reached"
+    SILENCE = "silence", "Caller silent"
+    OPERATOR = "operator_hung_up", "Hung up by an operator"
+    ERROR = "error", "Error"
+    SERVER_RESTART = "server_restart", "Server restarted"
+    NO_STREAM = "no_stream", "Media stream never connected"
+    NO_AGENT = "no_agent", "No agent available"
+    BUSY = "busy", "Busy"
+    NO_ANSWER = "no_answer", "No answer"
+    FAILED = "failed", "Call failed"
+    CANCELED = "canceled", "Canceled"
+
+
+class Call(models.Model):
+    """One phone call, created by the voice webhook before Twilio gets its TwiML."""
+
+    call_sid = models.CharField("Call SID", max_length=64, unique=True)
+    account_sid = models.CharField(max_length=64, blank=True)
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
+    from_number = models.CharField("from", max_length=64, blank=True)
+    to_number = models.CharField("to", max_length=64, blank=True)
+    direction = models.CharField(max_length=16, choices=CallDirection.choices, default=CallDirection.INBOUND)
+    status = models.CharField(max_length=16, choices=CallStatus.choices, default=CallStatus.RINGING)
+    # SequenceNumber of the status callback that set ``status``: callbacks arrive out of order.
+    status_sequence = models.IntegerField(null=True, blank=True, editable=False)
+    stream_sid = models.CharField("Stream SID", max_length=64, blank=True)
+    # Single-use proof that a media socket comes from our own webhook; only the hash is kept.
+    stream_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+    stream_token_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    stream_token_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    model = models.CharField(max_length=64, blank=True)
+    voice = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField("stream started", null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.PositiveIntegerField("duration (s)", null=True, blank=True)
+    ended_reason = models.CharField(max_length=32, choices=EndedReason.choices, blank=True)
+    error = models.TextField(blank=True, help_text="Last error seen on this call.")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # Admin call list: newest first, filtered by date and status.
+            models.Index(fields=["-created_at"], name="call_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="call_status_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.call_sid} {self.from_number} → {self.to_number}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.ended_at is not None
+
+
+class Role(models.TextChoices):
+    CALLER = "caller", "Caller"
+    AGENT = "agent", "Agent"
+
+
+class Turn(models.Model):
+    """One utterance. ``position`` is the conversation order, which differs from the order
+    transcripts arrive in (the caller's transcription lands after the agent has started)."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="turns")
+    position = models.PositiveIntegerField()
+    role = models.CharField(max_length=8, choices=Role.choices)
+    text = models.TextField(blank=True)
+    started_ms = models.PositiveIntegerField("start (ms)", null=True, blank=True)
+    ended_ms = models.PositiveIntegerField("end (ms)", null=True, blank=True)
+    item_id = models.CharField("OpenAI item id", max_length=64, blank=True)
+    interrupted = models.BooleanField(default=False)
+    heard_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Interrupted agent turns: how much the caller heard."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["call", "position"]
+        constraints = [
+            # Also the index for "the conversation of one call, in order".
+            models.UniqueConstraint(fields=["call", "position"], name="turn_unique_position"),
+            # A turn is written once per OpenAI item, even if the writer retries.
+            models.UniqueConstraint(
+                fields=["call", "item_id"], condition=~Q(item_id=""), name="turn_unique_item"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()}: {self.text[:60]}"

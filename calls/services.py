@@ -1,0 +1,196 @@
+"""Database services for calls: small named functions the views and the bridge call.
+
+Nothing here runs in the per-frame audio path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from calls.models import (
+    TERMINAL_STATUSES,
+    Agent,
+    Call,
+    CallDirection,
+    CallStatus,
+    EndedReason,
+)
+
+logger = logging.getLogger(__name__)
+
+_STATUS_REASONS = {
+    CallStatus.BUSY: EndedReason.BUSY,
+    CallStatus.NO_ANSWER: EndedReason.NO_ANSWER,
+    CallStatus.FAILED: EndedReason.FAILED,
+    CallStatus.CANCELED: EndedReason.CANCELED,
+}
+
+
+class WebhookError(ValueError):
+    """A webhook request we cannot act on; the message is safe to show to the sender."""
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    call: Call
+    token: str | None  # None when no agent can take the call
+
+
+def agent_for_number(to_number: str) -> Agent | None:
+    """The enabled agent serving ``to_number``, else the enabled default agent."""
+    agents = Agent.objects.filter(enabled=True).filter(Q(phone_number=to_number) | Q(phone_number=""))
+    # The number's own agent sorts before the default one ("" < "+1...").
+    return agents.order_by("-phone_number", "pk").first()
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _parse_direction(value: str) -> str:
+    return value if value in CallDirection.values else CallDirection.INBOUND
+
+
+def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
+    """Create (or find, for Twilio's retries) the call and mint its stream token."""
+    missing = [name for name in ("CallSid", "AccountSid", "From", "To") if not params.get(name)]
+    if missing:
+        raise WebhookError(f"Missing required parameter(s): {', '.join(missing)}.")
+    call_sid = params["CallSid"]
+    agent = agent_for_number(params["To"])
+    defaults = {
+        "account_sid": params["AccountSid"],
+        "from_number": params["From"][:64],
+        "to_number": params["To"][:64],
+        "direction": _parse_direction(params.get("Direction", "")),
+        "status": params.get("CallStatus")
+        if params.get("CallStatus") in CallStatus.values
+        else CallStatus.RINGING,
+        "agent": agent,
+        "model": agent.effective_model if agent else "",
+        "voice": agent.voice if agent else "",
+    }
+    try:
+        with transaction.atomic():
+            call, created = Call.objects.get_or_create(call_sid=call_sid, defaults=defaults)
+    except IntegrityError:
+        # Two concurrent retries of the same webhook: the other one created it.
+        call, created = Call.objects.get(call_sid=call_sid), False
+    if not created:
+        logger.info("Webhook repeated for call %s; reusing its row", call_sid)
+    if agent is None:
+        call.ended_reason = EndedReason.NO_AGENT
+        call.error = f"No enabled agent answers {params['To']} and there is no default agent."
+        call.save(update_fields=["ended_reason", "error"])
+        logger.error("call %s: %s", call_sid, call.error)
+        return IncomingCall(call=call, token=None)
+    return IncomingCall(call=call, token=stream_token_issue(call))
+
+
+def stream_token_issue(call: Call) -> str:
+    """A fresh single-use token; a repeated webhook replaces the one it may never have seen."""
+    token = secrets.token_urlsafe(24)
+    call.stream_token_hash = _hash_token(token)
+    call.stream_token_expires_at = timezone.now() + timedelta(seconds=settings.STREAM_TOKEN_TTL_SECONDS)
+    call.stream_token_used_at = None
+    call.save(update_fields=["stream_token_hash", "stream_token_expires_at", "stream_token_used_at"])
+    return token
+
+
+def stream_token_redeem(*, call_sid: str, token: str) -> Call | None:
+    """Spend the token bound to ``call_sid``; None if unknown, expired or already spent.
+
+    One conditional UPDATE, so two sockets racing with the same token cannot both win,
+    whichever worker process they land on.
+    """
+    if not call_sid or not token:
+        return None
+    now = timezone.now()
+    spent = Call.objects.filter(
+        call_sid=call_sid,
+        stream_token_hash=_hash_token(token),
+        stream_token_used_at__isnull=True,
+        stream_token_expires_at__gt=now,
+    ).update(stream_token_used_at=now)
+    if spent != 1:
+        return None
+    return Call.objects.select_related("agent").get(call_sid=call_sid)
+
+
+def _parse_timestamp(value: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_int(value: str) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def call_status_apply(*, params: dict[str, str]) -> Call | None:
+    """Apply a Twilio status callback. The status follows the highest SequenceNumber seen;
+    facts from late callbacks (answer time, duration) are still kept."""
+    call_sid = params.get("CallSid", "")
+    status = params.get("CallStatus", "")
+    if not call_sid or status not in CallStatus.values:
+        raise WebhookError("CallSid and a valid CallStatus are required.")
+    sequence = _parse_int(params.get("SequenceNumber", ""))
+    at = _parse_timestamp(params.get("Timestamp", "")) or timezone.now()
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(call_sid=call_sid).first()
+        if call is None:
+            logger.info("Status callback for unknown call %s ignored", call_sid)
+            return None
+        newest = call.status_sequence is None or (sequence is not None and sequence > call.status_sequence)
+        if newest:
+            call.status = status
+            if sequence is not None:
+                call.status_sequence = sequence
+        if status == CallStatus.IN_PROGRESS and call.answered_at is None:
+            call.answered_at = at
+        if status in TERMINAL_STATUSES:
+            call.ended_at = call.ended_at or at
+            duration = _parse_int(params.get("CallDuration", ""))
+            if duration is not None:
+                call.duration_seconds = duration
+            if not call.ended_reason:
+                call.ended_reason = _STATUS_REASONS.get(
+                    CallStatus(status),
+                    EndedReason.CALLER_HUNG_UP if call.stream_sid else EndedReason.NO_STREAM,
+                )
+        call.save()
+    return call
+
+
+def call_stream_event_apply(*, params: dict[str, str]) -> Call | None:
+    """Record ``<Stream statusCallback>`` events; ``stream-error`` carries Twilio's reason
+    (for example a failed WebSocket handshake), which is otherwise only in Twilio's console."""
+    call_sid = params.get("CallSid", "")
+    event = params.get("StreamEvent", "")
+    call = Call.objects.filter(call_sid=call_sid).first()
+    if call is None:
+        return None
+    if event == "stream-error":
+        call.error = f"Twilio stream error: {params.get('StreamError', 'unknown')}"[:2000]
+        call.save(update_fields=["error"])
+        logger.warning("call %s: %s", call_sid, call.error)
+    elif event == "stream-started" and not call.stream_sid:
+        call.stream_sid = params.get("StreamSid", "")[:64]
+        call.save(update_fields=["stream_sid"])
+    return call

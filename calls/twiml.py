@@ -1,0 +1,34 @@
+"""TwiML documents, built with the twilio library so they are always well formed."""
+
+from __future__ import annotations
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from calls.signatures import public_url, stream_url
+
+# Names of the <Parameter>s the media socket reads back from ``start.customParameters``.
+PARAM_CALL_SID = "call_sid"
+PARAM_TOKEN = "token"
+
+
+def connect_stream(*, call_sid: str, token: str) -> str:
+    """``<Connect><Stream>`` to our media socket. The Stream URL may not carry a query
+    string, so the call's identity and its single-use token travel as parameters."""
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(
+        url=stream_url(),
+        status_callback=public_url("/stream-status"),
+        status_callback_method="POST",
+    )
+    stream.parameter(name=PARAM_CALL_SID, value=call_sid)
+    stream.parameter(name=PARAM_TOKEN, value=token)
+    response.append(connect)
+    return str(response)
+
+
+def say_and_hang_up(message: str) -> str:
+    response = VoiceResponse()
+    response.say(message)
+    response.hangup()
+    return str(response)

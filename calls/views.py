@@ -1,0 +1,61 @@
+"""Twilio-facing HTTP endpoints: boring function views behind a signature check."""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from calls import services, twiml
+from calls.signatures import twilio_signed
+
+logger = logging.getLogger(__name__)
+
+NO_AGENT_MESSAGE = "Sorry, nobody can take your call right now. Please try again later."
+
+
+def _twiml(document: str) -> HttpResponse:
+    return HttpResponse(document, content_type="text/xml")
+
+
+def _params(request: HttpRequest) -> dict[str, str]:
+    return {key: request.POST.get(key, "") for key in request.POST}
+
+
+@csrf_exempt
+@require_POST
+@twilio_signed
+def incoming_call(request: HttpRequest) -> HttpResponse:
+    """Voice webhook: record the call, then connect it to our media socket."""
+    try:
+        incoming = services.call_start_from_webhook(params=_params(request))
+    except services.WebhookError as exc:
+        logger.warning("Rejected voice webhook: %s", exc)
+        return HttpResponseBadRequest(str(exc))
+    if incoming.token is None:
+        return _twiml(twiml.say_and_hang_up(NO_AGENT_MESSAGE))
+    logger.info("call %s: answering for agent %s", incoming.call.call_sid, incoming.call.agent)
+    return _twiml(twiml.connect_stream(call_sid=incoming.call.call_sid, token=incoming.token))
+
+
+@csrf_exempt
+@require_POST
+@twilio_signed
+def call_status(request: HttpRequest) -> HttpResponse:
+    """Call status callback; unknown calls are acknowledged and ignored."""
+    try:
+        services.call_status_apply(params=_params(request))
+    except services.WebhookError as exc:
+        return HttpResponseBadRequest(str(exc))
+    return HttpResponse(status=200)
+
+
+@csrf_exempt
+@require_POST
+@twilio_signed
+def stream_status(request: HttpRequest) -> HttpResponse:
+    """``<Stream statusCallback>``: stream started, stopped or failed."""
+    services.call_stream_event_apply(params=_params(request))
+    return HttpResponse(status=200)

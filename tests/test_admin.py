@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from calls.models import Agent, Call, Role, Turn
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(client):
+    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def call_with_transcript() -> Call:
+    call = Call.objects.create(
+        call_sid="CA" + "5" * 32,
+        from_number="+15550001111",
+        to_number="+15552223333",
+        agent=Agent.objects.get(),
+        duration_seconds=61,
+    )
+    Turn.objects.create(call=call, position=0, role=Role.AGENT, text="Hello! How can I help?", started_ms=0)
+    Turn.objects.create(
+        call=call,
+        position=1,
+        role=Role.CALLER,
+        text="<script>alert(1)</script> a table for two",
+        started_ms=2100,
+    )
+    Turn.objects.create(
+        call=call,
+        position=2,
+        role=Role.AGENT,
+        text="Sure, for what time",
+        started_ms=4000,
+        interrupted=True,
+        heard_ms=1250,
+    )
+    return call
+
+
+def test_call_list_shows_calls_with_turn_counts(staff_client, call_with_transcript):
+    response = staff_client.get("/admin/calls/call/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "+15550001111" in body and "Default agent" in body
+    assert response.context["cl"].result_list[0].turn_count == 3
+
+
+def test_call_list_searches_transcript_text(staff_client, call_with_transcript):
+    Call.objects.create(call_sid="CA" + "6" * 32, from_number="+15557770000")
+    response = staff_client.get("/admin/calls/call/", {"q": "table for two"})
+    assert [c.call_sid for c in response.context["cl"].result_list] == [call_with_transcript.call_sid]
+
+
+def test_call_list_filters_by_status_and_agent(staff_client, call_with_transcript):
+    agent = Agent.objects.get()
+    response = staff_client.get(
+        "/admin/calls/call/", {"status__exact": "ringing", "agent__id__exact": agent.pk}
+    )
+    assert response.status_code == 200
+    assert len(response.context["cl"].result_list) == 1
+    response = staff_client.get("/admin/calls/call/", {"status__exact": "completed"})
+    assert len(response.context["cl"].result_list) == 0
+
+
+def test_call_page_renders_conversation_in_order_and_escaped(staff_client, call_with_transcript):
+    response = staff_client.get(f"/admin/calls/call/{call_with_transcript.pk}/change/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "<script>alert(1)</script>" not in body
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; a table for two" in body
+    assert (
+        body.index("Hello! How can I help?")
+        < body.index("a table for two")
+        < body.index("Sure, for what time")
+    )
+    assert "va-caller" in body and "va-agent" in body
+    assert "interrupted, caller heard 1.2 s" in body
+
+
+def test_call_page_without_turns_has_empty_state(staff_client):
+    call = Call.objects.create(call_sid="CA" + "7" * 32)
+    body = staff_client.get(f"/admin/calls/call/{call.pk}/change/").content.decode()
+    assert "No conversation recorded for this call yet." in body
+
+
+def test_calls_are_read_only(staff_client, call_with_transcript):
+    assert staff_client.get("/admin/calls/call/add/").status_code == 403
+    response = staff_client.post(
+        f"/admin/calls/call/{call_with_transcript.pk}/change/", {"from_number": "+1"}
+    )
+    assert response.status_code == 403
+    call_with_transcript.refresh_from_db()
+    assert call_with_transcript.from_number == "+15550001111"
+
+
+def test_agents_are_editable(staff_client):
+    agent = Agent.objects.get()
+    response = staff_client.get(f"/admin/calls/agent/{agent.pk}/change/")
+    assert response.status_code == 200
+    assert staff_client.get("/admin/calls/agent/add/").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/admin/calls/call/", "/admin/calls/agent/", "/admin/"])
+def test_anonymous_users_are_sent_to_login(client, path):
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_non_staff_users_are_sent_to_login(client):
+    user = get_user_model().objects.create_user("caller", password="pw-123456")
+    client.force_login(user)
+    response = client.get("/admin/calls/call/")
+    assert response.status_code == 302

@@ -1,0 +1,28 @@
+"""ASGI entry point: HTTP goes to Django, WebSockets to the Channels routes of ``calls``.
+
+Serve with ``daphne voiceagent.asgi:application`` or ``manage.py runserver``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceagent.settings")
+
+# Build Django first: the routing below imports models.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from calls.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # No AllowedHostsOriginValidator: Twilio may send no Origin header; media
+        # sockets authenticate with Twilio's signature and a single-use token instead.
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

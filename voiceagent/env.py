@@ -1,0 +1,107 @@
+"""Typed readers for environment variables that fail loudly, naming the variable.
+
+django-environ parses most values, but some of its casts are lenient (``bool("maybe")``
+is False, a URL without a scheme is accepted). A phone line that silently runs with a
+wrong setting is worse than one that refuses to start, so each reader here validates
+and raises ``ImproperlyConfigured`` with the variable's name and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is None else value.strip()
+
+
+def _fail(name: str, value: str, expected: str) -> ImproperlyConfigured:
+    # Never echo values of secret-looking variables back into logs.
+    shown = "<hidden>" if any(s in name for s in ("KEY", "TOKEN", "SECRET", "PASSWORD")) else value
+    return ImproperlyConfigured(f"Environment variable {name}={shown!r} is invalid: expected {expected}.")
+
+
+def env_str(name: str, default: str = "") -> str:
+    value = _raw(name)
+    return default if value is None else value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = _raw(name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _fail(name, value, "one of true/false/1/0/yes/no/on/off")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise _fail(name, value, "an integer") from None
+    if minimum is not None and number < minimum:
+        raise _fail(name, value, f"an integer >= {minimum}")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = _raw(name)
+    if not value:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_url(name: str, default: str, *, schemes: tuple[str, ...], origin_only: bool = False) -> str:
+    """A URL with one of ``schemes`` and a host; ``origin_only`` forbids path, query, fragment."""
+    value = _raw(name)
+    if value is None or value == "":
+        value = default
+    expected = f"a URL starting with {' or '.join(s + '://' for s in schemes)}"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise _fail(name, value, expected) from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise _fail(name, value, expected)
+    if origin_only:
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise _fail(name, value, f"{expected} with no path, query or fragment")
+        return f"{parts.scheme}://{parts.netloc}"
+    return value
+
+
+def env_database(name: str, default: str) -> dict:
+    value = _raw(name) or default
+    try:
+        config = environ.Env.db_url_config(value)
+    except Exception as exc:  # django-environ raises several types for bad URLs
+        raise _fail(name, value, f"a database URL such as sqlite:///db.sqlite3 ({exc})") from None
+    scheme = value.split(":", 1)[0]
+    if scheme not in environ.Env.DB_SCHEMES:
+        raise _fail(name, value, "a database URL with a known scheme (sqlite, postgres)")
+    return config
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    if value not in choices:
+        raise _fail(name, value, f"one of {', '.join(choices)}")
+    return value

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+from calls import views
+
+admin.site.site_header = "Voice agent"
+admin.site.site_title = "Voice agent"
+admin.site.index_title = "Calls and agents"
+
+urlpatterns = [
+    path("incoming-call", views.incoming_call, name="incoming-call"),
+    path("call-status", views.call_status, name="call-status"),
+    path("stream-status", views.stream_status, name="stream-status"),
+    path("admin/", admin.site.urls),
+]
