@@ -1,10 +1,253 @@
-"""WebSocket consumers. Placeholder until the media bridge lands."""
+"""The media socket: authenticates Twilio, then runs the bridge between the two sockets.
+
+Thin on purpose: protocol decisions live in ``calls.bridge`` (sans-IO). This module
+accepts, authenticates, forwards, runs the relay tasks and calls services. Consumer
+dispatch is sequential, so each slow direction has its own task: sends to OpenAI go
+through a queue and a sender task, events from OpenAI are read by a reader task, and
+turns are written to the database by a writer task, never in the audio path.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import websockets
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import DatabaseError
+
+from calls import realtime, services, twilio_media, twiml
+from calls.bridge import CallBridge, EndCall, RecordError, SaveTurn, SendOpenAI, SendTwilio
+from calls.models import EndedReason
+from calls.signatures import websocket_signature_valid
+
+logger = logging.getLogger(__name__)
+
+# Close codes sent to Twilio (4000-4999 are application codes).
+CLOSE_UNAUTHENTICATED = 4403
+CLOSE_NO_START = 4408
+CLOSE_BAD_STREAM = 4400
+# The call ended because of an error on our side or OpenAI's (daphne allows 1000 or 3000-4999).
+CLOSE_CALL_FAILED = 4500
+START_TIMEOUT = 5.0
+OPENAI_CONNECT_TIMEOUT = 10.0
+MAX_EARLY_FRAMES = 500
+LOGGED_BAD_FRAMES = 5
+DB_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
+
+
+def _db(function: Any) -> Any:
+    # Each call's writes run in a worker thread, never on the event loop.
+    return sync_to_async(function, thread_sensitive=False)
 
 
 class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
-        await self.close(code=4501)
+        self.call_sid = "-"
+        self.bridge: CallBridge | None = None
+        self.early: list[twilio_media.Media] = []
+        self.bad_frames = 0
+        self.reader: asyncio.Task[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+        self.twilio_closed = False
+        self.to_openai: asyncio.Queue[str] = asyncio.Queue()
+        self.to_database: asyncio.Queue[SaveTurn | RecordError | None] = asyncio.Queue()
+        self.finishing: asyncio.Task[None] | None = None
+        signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
+        if settings.TWILIO_VALIDATE_SIGNATURES and not websocket_signature_valid(
+            self.scope["path"], signature
+        ):
+            logger.warning(
+                "Refused media socket %s: missing or invalid x-twilio-signature", self.scope["path"]
+            )
+            await self.close()  # before accept: the handshake is refused with HTTP 403
+            return
+        await self.accept()
+        self.start_timer = asyncio.get_running_loop().call_later(START_TIMEOUT, self._start_timed_out)
+
+    def _start_timed_out(self) -> None:
+        if self.bridge is None and self.finishing is None:
+            logger.warning("Media socket sent no valid start within %.0f s; closing", START_TIMEOUT)
+            self.timeout_close = asyncio.ensure_future(self.close(code=CLOSE_NO_START))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            event = twilio_media.parse_frame(text_data if text_data is not None else bytes_data)
+        except twilio_media.TwilioFrameError as exc:
+            self._bad_frame(str(exc))
+            return
+        if self.bridge is None:
+            await self._before_start(event)
+            return
+        if getattr(event, "stream_sid", self.bridge.stream_sid) not in ("", self.bridge.stream_sid):
+            self._bad_frame("streamSid of another stream")
+            return
+        self.bridge.on_twilio(event, time.monotonic())
+        await self._perform()
+
+    def _bad_frame(self, reason: str) -> None:
+        self.bad_frames += 1
+        level = logging.WARNING if self.bad_frames <= LOGGED_BAD_FRAMES else logging.DEBUG
+        logger.log(level, "call %s: dropped a Twilio frame: %s", self.call_sid, reason)
+
+    async def _before_start(self, event: twilio_media.TwilioEvent) -> None:
+        if isinstance(event, twilio_media.Start):
+            await self._start(event)
+        elif isinstance(event, twilio_media.Media) and len(self.early) < MAX_EARLY_FRAMES:
+            self.early.append(event)  # some deployments see media before start; keep it
+        elif isinstance(event, twilio_media.Stop):
+            await self.close()
+
+    async def _reject(self, reason: str, code: int = CLOSE_UNAUTHENTICATED) -> None:
+        logger.warning("call %s: refused media socket: %s", self.call_sid, reason)
+        self.start_timer.cancel()
+        await self.close(code=code)
+
+    async def _start(self, start: twilio_media.Start) -> None:
+        self.call_sid = start.call_sid[:64]
+        if start.custom_parameters.get(twiml.PARAM_CALL_SID) != start.call_sid:
+            await self._reject("start parameters are not for this call")
+            return
+        if not twilio_media.valid_sid(start.stream_sid) or start.encoding != "audio/x-mulaw":
+            await self._reject(f"unexpected stream ({start.encoding})", CLOSE_BAD_STREAM)
+            return
+        token = start.custom_parameters.get(twiml.PARAM_TOKEN, "")
+        call = await _db(services.stream_token_redeem)(call_sid=start.call_sid, token=token)
+        if call is None:
+            await self._reject("missing, expired or already used stream token")
+            return
+        self.start_timer.cancel()
+        try:
+            agent = await _db(services.call_stream_started)(call=call, stream_sid=start.stream_sid)
+        except services.WebhookError as exc:
+            await self._reject(str(exc), CLOSE_BAD_STREAM)
+            return
+        now = time.monotonic()
+        self.bridge = CallBridge(agent, stream_sid=start.stream_sid, call_sid=self.call_sid, now=now)
+        for media in self.early:
+            self.bridge.on_twilio(media, now)
+        self.early.clear()
+        logger.info("call %s: stream %s started (model %s)", self.call_sid, start.stream_sid, agent.model)
+        self.reader = asyncio.create_task(self._run_openai(agent))
+        self.writer = asyncio.create_task(self._write_database())
+        await self._perform()
+
+    async def _perform(self) -> None:
+        """Carry out what the bridge decided, without waiting on OpenAI or the database."""
+        assert self.bridge is not None
+        for action in self.bridge.drain():
+            if isinstance(action, SendTwilio):
+                await self.send(text_data=action.text)
+            elif isinstance(action, SendOpenAI):
+                self.to_openai.put_nowait(action.text)
+            elif isinstance(action, SaveTurn | RecordError):
+                self.to_database.put_nowait(action)
+            elif isinstance(action, EndCall):
+                self._request_end(action)
+
+    def _request_end(self, end: EndCall) -> None:
+        if self.finishing is None:
+            self.finishing = asyncio.create_task(self._finish(end))
+
+    async def _run_openai(self, agent: realtime.AgentConfig) -> None:
+        assert self.bridge is not None
+        url = realtime.connect_url(settings.OPENAI_REALTIME_URL, agent.model)
+        try:
+            async with websockets.connect(
+                url,
+                additional_headers=realtime.connect_headers(settings.OPENAI_API_KEY),
+                open_timeout=OPENAI_CONNECT_TIMEOUT,
+                max_size=16 * 1024 * 1024,
+                compression=None,
+                close_timeout=2,
+            ) as ws:
+                self.bridge.on_openai_connected()
+                await self._perform()
+                sender = asyncio.create_task(self._send_openai(ws))
+                try:
+                    async for message in ws:
+                        self._on_openai_message(message)
+                        await self._perform()
+                finally:
+                    sender.cancel()
+                code = ws.close_code
+                reason = ws.close_reason
+            if self.finishing is None:
+                self._request_end(EndCall(EndedReason.ERROR, f"OpenAI closed the session ({code} {reason})"))
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            if self.finishing is None:
+                self._request_end(EndCall(EndedReason.ERROR, f"OpenAI connection failed: {exc}"))
+
+    def _on_openai_message(self, message: str | bytes) -> None:
+        assert self.bridge is not None
+        try:
+            event = json.loads(message)
+        except ValueError:
+            logger.warning("call %s: OpenAI sent a frame that is not JSON", self.call_sid)
+            return
+        if isinstance(event, dict):
+            self.bridge.on_openai(event, time.monotonic())
+
+    async def _send_openai(self, ws: Any) -> None:
+        while True:
+            await ws.send(await self.to_openai.get())
+
+    async def _write_database(self) -> None:
+        """Store turns as they complete; retry while the database is briefly away."""
+        while (action := await self.to_database.get()) is not None:
+            for delay in (*DB_RETRY_SECONDS, None):
+                try:
+                    if isinstance(action, SaveTurn):
+                        await _db(services.turn_record)(call_sid=self.call_sid, turn=action.turn)
+                    else:
+                        await _db(services.call_record_error)(call_sid=self.call_sid, message=action.message)
+                    break
+                except DatabaseError as exc:
+                    if delay is None:
+                        logger.error("call %s: could not store %s: %s", self.call_sid, action, exc)
+                        break
+                    logger.warning("call %s: database unavailable (%s); retrying", self.call_sid, exc)
+                    await asyncio.sleep(delay)
+
+    async def _finish(self, end: EndCall) -> None:
+        """End the call once, whichever side ended it: store the rest, close both sockets."""
+        bridge = self.bridge
+        if bridge is not None:
+            bridge.finish(time.monotonic())
+            await self._perform()
+        if self.reader is not None:
+            self.reader.cancel()  # leaving its ``async with`` closes the OpenAI socket
+            await asyncio.gather(self.reader, return_exceptions=True)
+        # Everything queued so far is written before the call is finalised.
+        self.to_database.put_nowait(None)
+        if self.writer is not None:
+            await asyncio.gather(self.writer, return_exceptions=True)
+        usage = dict(bridge.usage) if bridge else {}
+        if bridge and bridge.transcription_usage:
+            usage["transcription"] = bridge.transcription_usage
+        try:
+            await _db(services.call_finalize)(
+                call_sid=self.call_sid, reason=end.reason, error=end.error, usage=usage
+            )
+        except DatabaseError as exc:
+            logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)
+        if not self.twilio_closed:
+            # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
+            await self.close(code=CLOSE_CALL_FAILED if end.reason == EndedReason.ERROR else 1000)
+
+    async def disconnect(self, code: int) -> None:
+        self.twilio_closed = True
+        timer = getattr(self, "start_timer", None)
+        if timer is not None:
+            timer.cancel()
+        if getattr(self, "bridge", None) is None:
+            return
+        if self.finishing is None:
+            self._request_end(EndCall(EndedReason.CALLER_HUNG_UP))
+        assert self.finishing is not None
+        await self.finishing

@@ -183,6 +183,8 @@ class Call(models.Model):
     duration_seconds = models.PositiveIntegerField("duration (s)", null=True, blank=True)
     ended_reason = models.CharField(max_length=32, choices=EndedReason.choices, blank=True)
     error = models.TextField(blank=True, help_text="Last error seen on this call.")
+    # Token counts summed over every response.done (and caller transcription), as OpenAI names them.
+    usage = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from calls.bridge import TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
     Agent,
@@ -24,7 +25,9 @@ from calls.models import (
     CallDirection,
     CallStatus,
     EndedReason,
+    Turn,
 )
+from calls.realtime import AgentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +197,87 @@ def call_stream_event_apply(*, params: dict[str, str]) -> Call | None:
         call.stream_sid = params.get("StreamSid", "")[:64]
         call.save(update_fields=["stream_sid"])
     return call
+
+
+def agent_config(call: Call) -> AgentConfig:
+    """The call's agent as the bridge sees it; the default agent if it was deleted since."""
+    agent = call.agent or agent_for_number(call.to_number)
+    if agent is None:
+        raise WebhookError("no agent for this call")
+    return AgentConfig(
+        instructions=agent.instructions,
+        model=agent.effective_model,
+        voice=agent.voice,
+        greeting=agent.greeting,
+        transcription_model=agent.transcription_model,
+        transcription_language=agent.transcription_language,
+        turn_detection=agent.turn_detection,
+        vad_threshold=agent.vad_threshold,
+        vad_prefix_padding_ms=agent.vad_prefix_padding_ms,
+        vad_silence_ms=agent.vad_silence_ms,
+        vad_eagerness=agent.vad_eagerness,
+        noise_reduction=agent.noise_reduction,
+        max_call_seconds=agent.max_call_seconds,
+    )
+
+
+def call_stream_started(*, call: Call, stream_sid: str) -> AgentConfig:
+    """The media socket authenticated: record the stream and hand the bridge its agent."""
+    call.stream_sid = stream_sid
+    call.started_at = timezone.now()
+    fields = ["stream_sid", "started_at"]
+    if call.status not in TERMINAL_STATUSES:
+        call.status = CallStatus.IN_PROGRESS
+        fields.append("status")
+    if call.answered_at is None:
+        call.answered_at = call.started_at
+        fields.append("answered_at")
+    call.save(update_fields=fields)
+    return agent_config(call)
+
+
+def turn_record(*, call_sid: str, turn: TurnRecord) -> None:
+    """Store one completed utterance; idempotent per OpenAI item."""
+    call_id = Call.objects.filter(call_sid=call_sid).values_list("pk", flat=True).first()
+    if call_id is None:
+        return
+    Turn.objects.update_or_create(
+        call_id=call_id,
+        position=turn.position,
+        defaults={
+            "role": turn.role,
+            "text": turn.text,
+            "item_id": turn.item_id,
+            "started_ms": turn.started_ms,
+            "ended_ms": turn.ended_ms,
+            "interrupted": turn.interrupted,
+            "heard_ms": turn.heard_ms,
+        },
+    )
+
+
+def call_record_error(*, call_sid: str, message: str) -> None:
+    Call.objects.filter(call_sid=call_sid).update(error=message[:2000])
+
+
+def call_finalize(*, call_sid: str, reason: str, error: str = "", usage: dict | None = None) -> None:
+    """Close the record of a call however it ended; what Twilio reported already is kept."""
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(call_sid=call_sid).first()
+        if call is None:
+            return
+        now = timezone.now()
+        call.ended_at = call.ended_at or now
+        if not call.ended_reason:
+            call.ended_reason = reason
+        if error:
+            call.error = error[:2000]
+        if call.duration_seconds is None:
+            began = call.answered_at or call.started_at or call.created_at
+            call.duration_seconds = max(0, int((call.ended_at - began).total_seconds()))
+        if call.status not in TERMINAL_STATUSES:
+            call.status = CallStatus.COMPLETED
+        if usage:
+            call.usage = usage
+        call.save()
+    logger.info("call %s: ended (%s)%s", call_sid, call.ended_reason, f": {error}" if error else "")

@@ -55,3 +55,77 @@ def call_params(call_sid: str = "CA" + "1" * 32, **extra: str) -> dict[str, str]
     }
     params.update(extra)
     return params
+
+
+# --- end-to-end: real daphne, real database, fakes at the network edge --------------------
+
+OPENAI_KEY = "sk-test-e2e-0123456789"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """SQLite tests use a file, so the server subprocess can share the test database."""
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+@pytest.fixture(scope="session")
+def loop():
+    from tests.live import BackgroundLoop
+
+    background = BackgroundLoop()
+    yield background
+    background.close()
+
+
+@pytest.fixture(scope="session")
+def fake_openai(loop):
+    from calls.fakes.openai_realtime import FakeRealtimeServer
+
+    server = FakeRealtimeServer(api_key=OPENAI_KEY)
+    loop.run(server.start())
+    yield server
+    loop.run(server.stop())
+
+
+@pytest.fixture(scope="session")
+def server_process(django_db_setup, fake_openai, tmp_path_factory):
+    from django.db import connection
+
+    from tests.live import database_url, start_daphne
+
+    env = {
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_REALTIME_URL": fake_openai.url,
+        "DEBUG": "false",
+        "SECRET_KEY": "e2e-secret-key-not-for-production",
+        "LOG_LEVEL": "INFO",
+    }
+    server = start_daphne(env, tmp_path_factory.mktemp("logs") / "daphne.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live(server_process, transactional_db, fake_openai):
+    """A running server with a clean database and the default agent (no greeting)."""
+    from calls.models import Agent
+
+    Agent.objects.update_or_create(
+        phone_number="",
+        defaults={
+            "name": "Default agent",
+            "instructions": "Be brief.",
+            "greeting": "",
+            "vad_silence_ms": 400,
+        },
+    )
+    fake_openai.set_script(None)
+    yield server_process
+    if server_process.process.poll() is not None:
+        pytest.fail(f"the server died:\n{server_process.log()}")

@@ -24,7 +24,8 @@ from voiceagent.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # A local .env file is a convenience for development; the real environment wins.
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env_bool("DEBUG", True)
 

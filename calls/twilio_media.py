@@ -1,0 +1,148 @@
+"""Twilio Media Streams wire format (bidirectional ``<Connect><Stream>``), sans-IO.
+
+Inbound frames are parsed into small typed events; outbound messages are built as JSON
+text directly. The hot path (``media``) keeps the base64 payload as the string Twilio
+sent: the bridge forwards it to OpenAI untouched, so no decode/encode happens per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from calls.audio import base64_size
+
+# Twilio's SIDs are two letters and 32 hex digits; anything else never reaches a JSON template.
+_SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+# Caps what one frame may carry; Twilio's media frames are about 300 bytes.
+MAX_FRAME_CHARS = 64 * 1024
+MARK_NAME_MAX = 64
+
+
+class TwilioFrameError(ValueError):
+    """A frame that does not follow the Media Streams protocol; the socket stays open."""
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    protocol: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    custom_parameters: dict[str, str] = field(default_factory=dict)
+    encoding: str = "audio/x-mulaw"
+    sample_rate: int = 8000
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    payload: str  # base64 mu-law exactly as received
+    timestamp_ms: int
+    stream_sid: str
+
+    @property
+    def size(self) -> int:
+        return base64_size(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    digit: str
+    stream_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    name: str
+    stream_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    stream_sid: str
+
+
+TwilioEvent = Connected | Start | Media | Dtmf | Mark | Stop
+
+
+def _require(mapping: object, key: str, kind: type) -> object:
+    if not isinstance(mapping, dict) or not isinstance(mapping.get(key), kind):
+        raise TwilioFrameError(f"missing or invalid {key!r}")
+    return mapping[key]
+
+
+def parse_frame(text: str | bytes | None) -> TwilioEvent:
+    """Parse one WebSocket frame from Twilio; raise ``TwilioFrameError`` if it is not one."""
+    if not isinstance(text, str):
+        raise TwilioFrameError("binary frame (Twilio sends JSON text frames)")
+    if len(text) > MAX_FRAME_CHARS:
+        raise TwilioFrameError(f"frame of {len(text)} characters exceeds {MAX_FRAME_CHARS}")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise TwilioFrameError("frame is not JSON") from None
+    event = _require(message, "event", str)
+    if event == "media":
+        media = _require(message, "media", dict)
+        payload = _require(media, "payload", str)
+        if len(payload) % 4 or not _BASE64.fullmatch(payload):  # type: ignore[arg-type]
+            raise TwilioFrameError("media payload is not base64")
+        try:
+            timestamp = int(media.get("timestamp", 0))  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise TwilioFrameError("media timestamp is not a number") from None
+        return Media(payload=payload, timestamp_ms=timestamp, stream_sid=str(message.get("streamSid", "")))  # type: ignore[arg-type]
+    if event == "mark":
+        mark = _require(message, "mark", dict)
+        return Mark(name=str(_require(mark, "name", str)), stream_sid=str(message.get("streamSid", "")))
+    if event == "start":
+        start = _require(message, "start", dict)
+        params = start.get("customParameters") or {}  # type: ignore[union-attr]
+        if not isinstance(params, dict):
+            raise TwilioFrameError("customParameters is not an object")
+        media_format = start.get("mediaFormat") or {}  # type: ignore[union-attr]
+        return Start(
+            stream_sid=str(_require(start, "streamSid", str)),
+            call_sid=str(_require(start, "callSid", str)),
+            account_sid=str(start.get("accountSid", "")),  # type: ignore[union-attr]
+            custom_parameters={str(k): str(v) for k, v in params.items()},
+            encoding=str(media_format.get("encoding", "audio/x-mulaw")),
+            sample_rate=int(media_format.get("sampleRate", 8000) or 8000),
+        )
+    if event == "dtmf":
+        dtmf = _require(message, "dtmf", dict)
+        digit = str(_require(dtmf, "digit", str))
+        if len(digit) != 1 or digit not in "0123456789*#ABCD":
+            raise TwilioFrameError("invalid DTMF digit")
+        return Dtmf(digit=digit, stream_sid=str(message.get("streamSid", "")))
+    if event == "stop":
+        return Stop(stream_sid=str(message.get("streamSid", "")))
+    if event == "connected":
+        return Connected(protocol=str(message.get("protocol", "")))
+    raise TwilioFrameError(f"unknown event {str(event)[:32]!r}")
+
+
+def valid_sid(value: str) -> bool:
+    return bool(_SID.fullmatch(value))
+
+
+# Outbound messages. ``stream_sid`` was validated at ``start`` and payloads are base64
+# (no characters that need JSON escaping), so plain formatting produces valid JSON.
+
+
+def media_message(stream_sid: str, payload: str) -> str:
+    return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
+
+
+def mark_message(stream_sid: str, name: str) -> str:
+    return json.dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name[:MARK_NAME_MAX]}})
+
+
+def clear_message(stream_sid: str) -> str:
+    return f'{{"event":"clear","streamSid":"{stream_sid}"}}'
