@@ -87,7 +87,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if getattr(event, "stream_sid", self.bridge.stream_sid) not in ("", self.bridge.stream_sid):
             self._bad_frame("streamSid of another stream")
             return
-        self.bridge.on_twilio(event, time.monotonic())
+        try:
+            self.bridge.on_twilio(event, time.monotonic())
+        except Exception:
+            logger.exception("call %s: bridge failed on a Twilio event", self.call_sid)
+            self._request_end(EndCall(EndedReason.ERROR, "internal error in the bridge (see server log)"))
         await self._perform()
 
     def _bad_frame(self, reason: str) -> None:
@@ -190,8 +194,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         except ValueError:
             logger.warning("call %s: OpenAI sent a frame that is not JSON", self.call_sid)
             return
-        if isinstance(event, dict):
+        if not isinstance(event, dict):
+            return
+        try:
             self.bridge.on_openai(event, time.monotonic())
+        except Exception:
+            logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, event.get("type"))
+            self._request_end(EndCall(EndedReason.ERROR, "internal error in the bridge (see server log)"))
 
     async def _send_openai(self, ws: Any) -> None:
         while True:

@@ -311,3 +311,51 @@ def test_twenty_concurrent_calls_hear_only_their_own_agent(live, loop, fake_open
 
 async def _caller_tasks() -> list[str]:
     return [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("SimulatedCaller")]
+
+
+def test_caller_audio_sent_while_openai_connects_is_not_lost(live, loop, fake_openai):
+    fake_openai.set_script(Script(connect_delay=0.5, caller_transcripts=["Hi, is this Luigi's?"]))
+    sessions_before = len(fake_openai.sessions)
+
+    async def scenario():
+        caller = caller_for(live)
+        await dial(caller)
+        await caller.send_audio(speak(300, 600), realtime=False)  # before OpenAI is ready
+        session = await fake_openai.wait_for_session(sessions_before)
+        await session.wait_for_sent("input_audio_buffer.committed", timeout=10)
+        await hang_up_and_wait(caller)
+        return caller, session
+
+    caller, session = loop.run(scenario())
+    assert bytes(session.input_audio).startswith(sent_audio(caller))
+
+
+def test_malformed_frames_are_skipped_and_the_call_goes_on(live, loop, fake_openai):
+    answer = Reply(transcript="Still here.")
+    fake_openai.set_script(Script(replies=[answer]))
+
+    async def scenario():
+        caller = caller_for(live)
+        await dial(caller)
+        for frame in (
+            "not json",
+            b"\x00\x01binary",
+            json.dumps(
+                {"event": "media", "media": {"payload": "***not base64***"}, "streamSid": caller.stream_sid}
+            ),
+            json.dumps({"event": "media", "streamSid": caller.stream_sid}),
+            json.dumps({"event": "teleport", "streamSid": caller.stream_sid}),
+            json.dumps({"event": "mark", "mark": {"name": "never-sent"}, "streamSid": caller.stream_sid}),
+            json.dumps({"event": "media", "media": {"payload": "AAAA"}, "streamSid": "MZ" + "0" * 32}),
+            json.dumps([1, 2, 3]),
+        ):
+            await caller.send_raw(frame)
+        await caller.send_audio(speak())
+        await caller.wait_heard(len(answer.render_audio()))
+        return caller, await hang_up_and_wait(caller)
+
+    caller, code = loop.run(scenario())
+    assert bytes(caller.heard) == answer.render_audio()
+    assert code == 1000
+    assert "dropped a Twilio frame" in live.log()
+    assert Call.objects.get().ended_reason == EndedReason.CALLER_HUNG_UP

@@ -11,9 +11,12 @@ import asyncio
 import base64
 import itertools
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -371,6 +374,33 @@ def test_vad_prefix_padding_is_floored_at_zero_and_vad_off_is_silent() -> None:
             assert committed["previous_item_id"] == srv.sessions[0].items[0]["id"]
 
     run(scenario)
+
+
+def test_pcm_input_uses_48_bytes_per_ms() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            await c.recv()  # default session: audio/pcm 24 kHz with server_vad
+            await c.update(audio={"input": {"turn_detection": vad()}})
+            audio = (
+                mulaw.silence(500, mulaw.PCM) + mulaw.tone(400, 1, mulaw.PCM) + mulaw.silence(600, mulaw.PCM)
+            )
+            await c.append(audio, frame=960)
+            assert (await c.until("input_audio_buffer.speech_started"))["audio_start_ms"] == 200
+            assert (await c.until("input_audio_buffer.speech_stopped"))["audio_end_ms"] == 1400
+            assert await srv.sessions[0].wait_for_input_audio(len(audio)) == audio
+            await c.update(audio={"input": {"turn_detection": None}})
+            await c.send("input_audio_buffer.clear")  # drop the 100 ms left after the commit
+            await c.append(mulaw.silence(50, mulaw.PCM), frame=960)
+            await c.send("input_audio_buffer.commit")
+            assert "50.00ms" in (await c.until("error"))["error"]["message"]
+
+    run(scenario)
+
+
+def test_module_does_not_import_django() -> None:
+    code = "import sys, calls.fakes.openai_realtime; sys.exit('django' in sys.modules)"
+    root = Path(__file__).resolve().parent.parent
+    assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
 
 
 def test_buffer_errors_and_bad_events_keep_the_session_open() -> None:

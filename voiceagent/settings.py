@@ -147,6 +147,10 @@ TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
 # Turning this off lets anyone on the internet start calls on your OpenAI bill.
 TWILIO_VALIDATE_SIGNATURES = env_bool("TWILIO_VALIDATE_SIGNATURES", True)
+# Twilio REST API origin. Tests point it at a local fake Twilio REST server.
+TWILIO_API_BASE_URL = env_url(
+    "TWILIO_API_BASE_URL", "https://api.twilio.com", schemes=("https", "http"), origin_only=True
+)
 # How long the media socket has to present the single-use token minted by the webhook.
 STREAM_TOKEN_TTL_SECONDS = env_int("STREAM_TOKEN_TTL_SECONDS", 120, minimum=5)
 

@@ -375,6 +375,11 @@ class FakeSession:
             lambda: next((ev for ev in self.sent[start:] if match(ev)), None), timeout
         )
 
+    async def wait_for_input_audio(self, nbytes: int, timeout: float = 5) -> bytes:
+        """Wait until at least ``nbytes`` of input audio have arrived; return all of it."""
+        await self._watch.wait_until(lambda: len(self.input_audio) >= nbytes, timeout)
+        return bytes(self.input_audio)
+
     async def wait_closed(self, timeout: float = 5) -> None:
         """Wait until the connection and all its tasks have finished."""
         async with asyncio.timeout(timeout):
@@ -450,6 +455,7 @@ class FakeSession:
                         await self.ws.wait_closed()
                     return  # the client gave up during the delay
             await self._send({"type": "session.created", "session": copy.deepcopy(self.config)})
+            log.info("fake realtime session %d opened (model=%s)", self.index, self.model)
             async for raw in self.ws:
                 await self._dispatch(raw)
         except ConnectionClosed:
@@ -460,6 +466,7 @@ class FakeSession:
                 self.close_code = self.ws.close_code
             self.closed.set()
             self._watch.notify()
+            log.info("fake realtime session %d closed (code=%s)", self.index, self.close_code)
 
     async def _reap(self) -> None:
         tasks = list(self._tasks)
@@ -524,6 +531,7 @@ class FakeSession:
             return
         self.input_audio += data
         self.append_count += 1
+        self._watch.notify()
         self._in_total += len(data)
         self._buffered += len(data)
         td = self.config["audio"]["input"]["turn_detection"]
