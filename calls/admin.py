@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
-from django.contrib import admin
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from calls.models import Agent, Call, Role, Turn
+from calls import services, tools, twilio_rest
+from calls.models import Agent, Call, Role, ToolCall, Turn, TurnKind
+
+
+class AgentForm(forms.ModelForm):
+    tools = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Functions the agent may call. Register your own with @tool (see the README).",
+    )
+
+    class Meta:
+        model = Agent
+        fields = "__all__"  # every agent setting is editable here
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["tools"].choices = [
+            (name, f"{name}: {found.description[:90]}") for name, found in sorted(tools.registered().items())
+        ]
+
+
+class PlaceCallForm(forms.Form):
+    to = forms.RegexField(
+        regex=r"^\+[1-9]\d{6,14}$", label="Number to call", help_text="E.164, for example +15551234567"
+    )
 
 
 def format_offset(ms: int | None) -> str:
@@ -21,12 +51,17 @@ def format_offset(ms: int | None) -> str:
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
+    actions = ["place_call"]
     list_display = ["name", "phone_or_default", "enabled", "voice", "model_or_default", "updated_at"]
     list_filter = ["enabled", "voice", "turn_detection"]
     search_fields = ["name", "phone_number", "instructions"]
     fieldsets = [
         (None, {"fields": ["name", "phone_number", "enabled"]}),
-        ("Conversation", {"fields": ["instructions", "greeting", "model", "voice", "max_call_seconds"]}),
+        ("Conversation", {"fields": ["instructions", "greeting", "model", "voice"]}),
+        ("Tools", {"fields": ["tools", "transfer_numbers"]}),
+        ("Limits", {"fields": ["max_call_seconds", "idle_timeout_seconds", "max_silence_prompts"]}),
+        ("Outbound calls", {"fields": ["machine_policy", "voicemail_message"]}),
         ("Caller transcript", {"fields": ["transcription_model", "transcription_language"]}),
         (
             "Turn-taking",
@@ -43,6 +78,31 @@ class AgentAdmin(admin.ModelAdmin):
             },
         ),
     ]
+
+    @admin.action(description="Place an outbound call with the selected agent")
+    def place_call(self, request: HttpRequest, queryset: QuerySet[Agent]) -> HttpResponse | None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one agent to place a call.", messages.WARNING)
+            return None
+        agent = queryset.get()
+        form = PlaceCallForm(request.POST if "to" in request.POST else None)
+        if form.is_valid():
+            try:
+                call = services.call_place(to=form.cleaned_data["to"], agent=agent)
+            except (ValueError, twilio_rest.TwilioNotConfigured, twilio_rest.TwilioRestError) as exc:
+                self.message_user(request, f"Could not place the call: {exc}", messages.ERROR)
+                return None
+            self.message_user(request, f"Calling {call.to_number} (call {call.call_sid}).", messages.SUCCESS)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Place a call with {agent.name}",
+            "agent": agent,
+            "form": form,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/calls/agent/place_call.html", context)
 
     @admin.display(description="Phone number", ordering="phone_number")
     def phone_or_default(self, agent: Agent) -> str:
@@ -89,6 +149,7 @@ class CallAdmin(ReadOnlyAdmin):
                     ("from_number", "to_number", "direction"),
                     ("agent", "model", "voice"),
                     ("status", "ended_reason"),
+                    ("answered_by", "transferred_to"),
                     "error",
                 ]
             },
@@ -110,18 +171,39 @@ class CallAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Transcript")
     def conversation(self, call: Call) -> SafeString:
-        turns = list(call.turns.order_by("position"))
-        if not turns:
+        entries: list[tuple[int, SafeString]] = [(t.position, render_turn(t)) for t in call.turns.all()]
+        entries += [(c.position, render_tool_call(c)) for c in call.tool_calls.all()]
+        if not entries:
             return format_html('<p class="va-empty">{}</p>', "No conversation recorded for this call yet.")
+        entries.sort(key=lambda entry: entry[0])
         return format_html(
             '<div class="va-conversation">{}</div>',
-            format_html_join("", "{}", ((render_turn(turn),) for turn in turns)),
+            format_html_join("", "{}", ((html,) for _, html in entries)),
         )
+
+
+def render_tool_call(tool_call: ToolCall) -> SafeString:
+    """A tool call between the turns: what the model asked for and what it got back."""
+    outcome = (
+        format_html('<span class="va-error">error: {}</span>', tool_call.error)
+        if tool_call.error
+        else format_html("→ <code>{}</code>", json.dumps(tool_call.result, ensure_ascii=False)[:500])
+    )
+    took = f"{tool_call.duration_ms} ms" if tool_call.duration_ms is not None else ""
+    return format_html(
+        '<div class="va-tool"><strong>{}</strong>(<code>{}</code>) {} <span class="va-meta">{}</span></div>',
+        tool_call.name,
+        json.dumps(tool_call.arguments, ensure_ascii=False)[:500],
+        outcome,
+        took,
+    )
 
 
 def render_turn(turn: Turn) -> SafeString:
     """One bubble; the text is escaped by ``format_html`` (callers can say anything)."""
     side = "va-caller" if turn.role == Role.CALLER else "va-agent"
+    if turn.kind == TurnKind.DTMF:
+        side += " va-dtmf"
     note = ""
     if turn.interrupted:
         heard = f"{turn.heard_ms / 1000:.1f} s" if turn.heard_ms is not None else "unknown"
@@ -135,6 +217,14 @@ def render_turn(turn: Turn) -> SafeString:
         note,
         turn.text or "(no transcript)",
     )
+
+
+@admin.register(ToolCall)
+class ToolCallAdmin(ReadOnlyAdmin):
+    list_display = ["call", "name", "created_at", "duration_ms", "error"]
+    list_filter = ["name"]
+    search_fields = ["call__call_sid", "name"]
+    list_select_related = ["call"]
 
 
 @admin.register(Turn)

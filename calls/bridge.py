@@ -15,6 +15,19 @@ from typing import Any
 
 from calls import realtime, twilio_media
 from calls.audio import BYTES_PER_MS, base64_size, split_base64
+from calls.bridge_actions import (
+    Action,
+    EndCall,
+    RecordError,
+    RunTool,
+    SaveToolCall,
+    SaveTurn,
+    SendOpenAI,
+    SendTwilio,
+    ToolCallRecord,
+    Transfer,
+    TurnRecord,
+)
 from calls.playback import Playback
 from calls.realtime import AgentConfig
 
@@ -25,47 +38,30 @@ logger = logging.getLogger(__name__)
 CHUNK_CHARS = 1280
 # Caller audio kept while OpenAI connects (the caller's first words matter): 10 s.
 MAX_EARLY_FRAMES = 500
+# Key presses are gathered until a pause (or '#') so "1234#" reaches the model as one turn.
+DTMF_PAUSE = 1.5
+# How long the agent has to wrap up before the time limit, and the grace after it.
+WRAP_UP_SECONDS = 20
+HARD_STOP_GRACE = 10
+# A goodbye that never finishes playing (marks lost) does not keep the call open forever.
+CLOSING_DEADLINE = 20.0
+TRANSFER_STOP_DEADLINE = 10.0
+# While nothing plays, re-measure the round trip to Twilio this often.
+PROBE_INTERVAL = 2.0
+# Tags the response.create of a goodbye we asked for, so its response can be recognised.
+CLOSING_METADATA = "voiceagent_closing"
 
 
-@dataclass(frozen=True, slots=True)
-class SendTwilio:
-    text: str
+@dataclass(slots=True)
+class Closing:
+    """The call is to end once the agent has finished speaking (or at ``deadline``)."""
 
-
-@dataclass(frozen=True, slots=True)
-class SendOpenAI:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class TurnRecord:
-    position: int
-    role: str  # "caller" | "agent"
-    text: str
-    item_id: str
-    started_ms: int | None
-    ended_ms: int | None
-    interrupted: bool = False
-    heard_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SaveTurn:
-    turn: TurnRecord
-
-
-@dataclass(frozen=True, slots=True)
-class RecordError:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class EndCall:
-    reason: str  # an EndedReason value
-    error: str = ""
-
-
-Action = SendTwilio | SendOpenAI | SaveTurn | RecordError | EndCall
+    reason: str
+    deadline: float
+    transfer_to: str = ""
+    wait_for_goodbye: bool = False  # a goodbye was asked for and has not been said yet
+    goodbye_response: str = ""
+    fired: bool = False
 
 
 @dataclass(slots=True)
@@ -119,16 +115,29 @@ class CallBridge:
         self._first_media_ms: int | None = None
         self._next_position = 0
         self._active_response: str | None = None
-        self._response_wanted = False
+        self._wanted: str | None = None  # a response.create to send once none is active
+        self._last_create = realtime.response_create()
         self._interrupted: set[str] = set()
         self._cancel_sent: set[str] = set()
         self._item_response: dict[str, str] = {}
         self._speech_ms: dict[str, tuple[int | None, int | None]] = {}
-        # A mark with nothing before it measures the round trip to Twilio right away.
-        probe = self.playback.probe(now)
-        self._outbox.append(SendTwilio(twilio_media.mark_message(stream_sid, probe)))
+        self._pending_tools: set[str] = set()
+        self._closing: Closing | None = None
+        self._transferred_to = ""
+        self._transfer_started = 0.0
+        self._dtmf: list[str] = []
+        self._dtmf_last = 0.0
+        self._dtmf_count = 0
+        self._silence_prompts = 0
+        self._wrap_up_sent = False
+        self._probe(now)
 
     # -- plumbing -----------------------------------------------------------------------
+
+    def _probe(self, now: float) -> None:
+        """A mark with nothing before it measures the round trip to Twilio right away."""
+        name = self.playback.probe(now)
+        self._outbox.append(SendTwilio(twilio_media.mark_message(self.stream_sid, name)))
 
     def drain(self) -> list[Action]:
         actions, self._outbox = self._outbox, []
@@ -137,9 +146,9 @@ class CallBridge:
     def _offset_ms(self, now: float) -> int:
         return max(0, int((now - self.started_at) * 1000))
 
-    def _end(self, reason: str, error: str = "") -> None:
+    def _end(self, reason: str, error: str = "", *, hang_up: bool = False) -> None:
         if self.ended is None:
-            self.ended = EndCall(reason, error)
+            self.ended = EndCall(reason, error, hang_up)
             self._outbox.append(self.ended)
 
     def _item(self, item_id: str, role: str) -> Item:
@@ -155,19 +164,26 @@ class CallBridge:
     def on_openai_connected(self) -> None:
         self._outbox.append(SendOpenAI(realtime.dumps(realtime.session_update(self.agent))))
 
-    def _go_live(self) -> None:
+    def _go_live(self, now: float) -> None:
         self.live = True
+        if not self.playback.pending:
+            self._probe(now)  # the start-up probe is back: measure again, now the loop is calmer
         for payload in self._early:
             self._outbox.append(SendOpenAI(realtime.audio_append(payload)))
         self._early.clear()
         if self.agent.greeting:
             self._request_response(realtime.greeting_instructions(self.agent.greeting))
 
-    def _request_response(self, instructions: str | None = None) -> None:
+    def _request_response(
+        self, instructions: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
+        """Only one response may be active: ask now, or as soon as the current one is done."""
+        create = realtime.response_create(instructions, metadata)
         if self._active_response is not None:
-            self._response_wanted = True
+            self._wanted = create
             return
-        self._outbox.append(SendOpenAI(realtime.response_create(instructions)))
+        self._last_create = create
+        self._outbox.append(SendOpenAI(create))
 
     # -- Twilio -> OpenAI -------------------------------------------------------------------
 
@@ -183,9 +199,10 @@ class CallBridge:
         elif isinstance(event, twilio_media.Mark):
             self._on_mark(event.name, now)
         elif isinstance(event, twilio_media.Stop):
-            self._end("caller_hung_up")
+            # After a transfer Twilio stops the stream itself: that is no hang-up.
+            self._end("transferred" if self._transferred_to else "caller_hung_up")
         elif isinstance(event, twilio_media.Dtmf):
-            logger.info("call %s: caller pressed %s", self.call_sid, event.digit)
+            self._on_dtmf(event.digit, now)
         # connected/start are handled by the consumer before the bridge exists.
 
     def _on_mark(self, name: str, now: float) -> None:
@@ -196,6 +213,7 @@ class CallBridge:
         if item is not None:
             item.ended_ms = self._offset_ms(now - self.playback.delay)
             self._maybe_finish_agent(item, now)
+        self._maybe_close(now)
 
     # -- OpenAI -> Twilio -------------------------------------------------------------------
 
@@ -214,7 +232,7 @@ class CallBridge:
         if problems:
             self._end("error", "OpenAI session not as configured: " + "; ".join(problems))
             return
-        self._go_live()
+        self._go_live(now)
 
     def _on_error(self, event: dict[str, Any], now: float) -> None:
         error = event.get("error") if isinstance(event.get("error"), dict) else {}
@@ -224,7 +242,7 @@ class CallBridge:
             self._end("error", f"OpenAI refused the session: {code or 'error'}: {message}")
             return
         if code == "conversation_already_has_active_response":
-            self._response_wanted = True
+            self._wanted = self._wanted or self._last_create
         elif code == "response_cancel_not_active":
             logger.debug("call %s: response already finished before cancel", self.call_sid)
         elif "shorter than" in message or error.get("param") == "audio_end_ms":
@@ -234,6 +252,9 @@ class CallBridge:
             self._outbox.append(RecordError(f"OpenAI error {code}: {message}"))
 
     def _on_speech_started(self, event: dict[str, Any], now: float) -> None:
+        self._silence_prompts = 0
+        if self._closing is not None and self._closing.reason == "silence" and not self._closing.fired:
+            self._closing = None  # the caller is back
         item_id = str(event.get("item_id") or "")
         if item_id:
             self._speech_ms[item_id] = (_int(event.get("audio_start_ms")), None)
@@ -296,11 +317,15 @@ class CallBridge:
     def _on_response_created(self, event: dict[str, Any], now: float) -> None:
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
         self._active_response = str(response.get("id") or "response")
+        metadata = response.get("metadata") if isinstance(response.get("metadata"), dict) else {}
+        if self._closing is not None and metadata.get(CLOSING_METADATA) == self._closing.reason:
+            self._closing.goodbye_response = self._active_response
 
     def _on_output_item_added(self, event: dict[str, Any], now: float) -> None:
         raw = event.get("item") if isinstance(event.get("item"), dict) else {}
         if raw.get("id"):
-            item = self._item(str(raw["id"]), "agent" if raw.get("type") == "message" else "other")
+            role = {"message": "agent", "function_call": "tool"}.get(str(raw.get("type")), "other")
+            item = self._item(str(raw["id"]), role)
             self._item_response[item.item_id] = str(event.get("response_id") or self._active_response)
 
     def _on_audio_delta(self, event: dict[str, Any], now: float) -> None:
@@ -357,9 +382,13 @@ class CallBridge:
                     item.transcript = "".join(item.transcript_parts)
                     item.transcript_done = True
                 self._maybe_finish_agent(item, now)
-        if self._response_wanted:
-            self._response_wanted = False
-            self._outbox.append(SendOpenAI(realtime.response_create()))
+        closing = self._closing
+        if closing is not None and closing.goodbye_response == response.get("id"):
+            closing.wait_for_goodbye = False
+        if self._wanted and not self._pending_tools and (closing is None or closing.wait_for_goodbye):
+            self._last_create, self._wanted = self._wanted, None
+            self._outbox.append(SendOpenAI(self._last_create))
+        self._maybe_close(now)
 
     def _on_transcription_completed(self, event: dict[str, Any], now: float) -> None:
         item = self._item(str(event.get("item_id") or ""), "caller")
@@ -371,6 +400,184 @@ class CallBridge:
         error = event.get("error") if isinstance(event.get("error"), dict) else {}
         logger.warning("call %s: caller transcription failed: %s", self.call_sid, error.get("message"))
         self._save(item, "")
+
+    # -- tools ----------------------------------------------------------------------------
+
+    def _on_function_call(self, event: dict[str, Any], now: float) -> None:
+        call_id = str(event.get("call_id") or "")
+        name = str(event.get("name") or "")
+        arguments = str(event.get("arguments") or "")
+        item = self._item(str(event.get("item_id") or call_id), "tool")
+        if not call_id:
+            return
+        if name not in self.agent.tool_names:
+            self._tool_done(item.position, name, call_id, arguments, error=f"unknown tool {name!r}")
+            self._request_response()
+        elif name == "end_call":
+            self._tool_done(item.position, name, call_id, arguments, result={"ok": True})
+            self._close_after_speaking("agent_ended", now)
+        elif name == "transfer_call":
+            self._on_transfer_call(item.position, call_id, arguments, now)
+        else:
+            self._pending_tools.add(call_id)
+            self._outbox.append(RunTool(call_id, name, arguments, item.position))
+
+    def on_tool_result(self, call_id: str, output: str, record: ToolCallRecord, now: float) -> None:
+        """A function tool finished (or failed): give the model its output and let it speak."""
+        if call_id not in self._pending_tools:
+            return
+        self._pending_tools.discard(call_id)
+        self._outbox.append(SaveToolCall(record))
+        self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
+        if not self._pending_tools and self._closing is None:
+            self._request_response()
+
+    def _tool_done(
+        self, position: int, name: str, call_id: str, arguments: str, *, result: Any = None, error: str = ""
+    ) -> None:
+        output = realtime.dumps({"error": error} if error else result)
+        self._outbox.append(
+            SaveToolCall(ToolCallRecord(position, name, call_id, arguments, result, error, 0))
+        )
+        self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
+
+    def _on_transfer_call(self, position: int, call_id: str, arguments: str, now: float) -> None:
+        destinations = self.agent.transfer_destinations
+        try:
+            requested = realtime.json_object(arguments).get("destination") or ""
+        except ValueError:
+            requested = ""
+        if not destinations:
+            error = "no transfer number is configured for this agent"
+        elif requested and requested not in destinations:
+            error = f"{requested!r} is not an allowed destination"
+        else:
+            number = requested or destinations[0]
+            self._tool_done(position, "transfer_call", call_id, arguments, result={"transferring_to": number})
+            self._close_after_speaking("transferred", now, transfer_to=number)
+            return
+        self._tool_done(position, "transfer_call", call_id, arguments, error=error)
+        self._request_response()
+
+    def on_transfer_result(self, ok: bool, error: str, now: float) -> None:
+        if ok:
+            assert self._closing is not None
+            self._transferred_to = self._closing.transfer_to
+            self._transfer_started = now
+            return
+        # The caller stays with the agent, who explains.
+        self._closing = None
+        self._outbox.append(RecordError(f"Transfer failed: {error}"))
+        self._outbox.append(
+            SendOpenAI(
+                realtime.text_item(
+                    "The transfer failed. Apologise briefly and offer to keep helping.", role="system"
+                )
+            )
+        )
+        self._request_response()
+
+    @property
+    def transferred_to(self) -> str:
+        return self._transferred_to
+
+    # -- ending the call, limits, silence, key presses --------------------------------------
+
+    def _close_after_speaking(self, reason: str, now: float, *, transfer_to: str = "", say: str = "") -> None:
+        if self._closing is not None and self._closing.fired:
+            return
+        self._closing = Closing(reason, now + CLOSING_DEADLINE, transfer_to)
+        if say:
+            self._closing.wait_for_goodbye = True
+            self._outbox.append(SendOpenAI(realtime.text_item(say, role="system")))
+            self._request_response(metadata={CLOSING_METADATA: reason})
+        self._maybe_close(now)
+
+    def _maybe_close(self, now: float) -> None:
+        closing = self._closing
+        if closing is None or closing.fired:
+            return
+        speaking = self._active_response is not None or self.playback.is_playing or closing.wait_for_goodbye
+        if speaking and now < closing.deadline:
+            return
+        closing.fired = True
+        if closing.transfer_to:
+            self._outbox.append(Transfer(closing.transfer_to))
+        else:
+            self._end(closing.reason, hang_up=True)
+
+    def _on_timeout_triggered(self, event: dict[str, Any], now: float) -> None:
+        """The session's idle timeout fired: the service is prompting the silent caller."""
+        self._silence_prompts += 1
+        if self._silence_prompts <= self.agent.max_silence_prompts or self._closing is not None:
+            return
+        # Enough prompting: after the service's prompt, a goodbye, then hang up.
+        self._close_after_speaking(
+            "silence",
+            now,
+            say="The caller has not answered for a while. Say a brief, polite goodbye now.",
+        )
+
+    def _on_dtmf(self, digit: str, now: float) -> None:
+        self._dtmf.append(digit)
+        self._dtmf_last = now
+        if digit == "#":
+            self._flush_dtmf(now)
+
+    def _flush_dtmf(self, now: float) -> None:
+        digits = "".join(self._dtmf)
+        self._dtmf.clear()
+        self._dtmf_count += 1
+        item = self._item(f"dtmf_{self._dtmf_count}", "caller")
+        item.started_ms = item.ended_ms = self._offset_ms(now)
+        item.saved = True
+        self._outbox.append(
+            SaveTurn(
+                TurnRecord(
+                    item.position,
+                    "caller",
+                    f"Pressed {digits}",
+                    item.item_id,
+                    item.started_ms,
+                    item.ended_ms,
+                    kind="dtmf",
+                )
+            )
+        )
+        noun = "key" if len(digits) == 1 else "keys"
+        self._outbox.append(
+            SendOpenAI(
+                realtime.text_item(
+                    f"[The caller pressed the {noun} {digits} on their phone keypad.]", item_id=item.item_id
+                )
+            )
+        )
+        self._request_response()
+
+    def on_tick(self, now: float) -> None:
+        """Called a few times a second: key-press pauses, the time limit, stuck goodbyes,
+        and round-trip probes while nothing is playing."""
+        if not self.playback.pending and now - self.playback.last_probe >= PROBE_INTERVAL:
+            self._probe(now)
+        if self._dtmf and now - self._dtmf_last >= DTMF_PAUSE:
+            self._flush_dtmf(now)
+        if self.live and self.ended is None:
+            elapsed = now - self.started_at
+            limit = self.agent.max_call_seconds
+            wrap_up = min(WRAP_UP_SECONDS, limit / 4)
+            if elapsed >= limit + HARD_STOP_GRACE:
+                self._end("time_limit", hang_up=True)
+            elif elapsed >= limit - wrap_up and not self._wrap_up_sent:
+                self._wrap_up_sent = True
+                self._close_after_speaking(
+                    "time_limit",
+                    now,
+                    say="The call has reached its time limit. Tell the caller politely that you "
+                    "have to end the call now, and say goodbye.",
+                )
+        if self._transferred_to and now - self._transfer_started > TRANSFER_STOP_DEADLINE:
+            self._end("transferred")
+        self._maybe_close(now)
 
     # -- turns ----------------------------------------------------------------------------
 
@@ -441,6 +648,8 @@ _HANDLERS = {
     "response.output_audio_transcript.delta": CallBridge._on_transcript_delta,
     "response.output_audio_transcript.done": CallBridge._on_transcript_done,
     "response.done": CallBridge._on_response_done,
+    "response.function_call_arguments.done": CallBridge._on_function_call,
+    "input_audio_buffer.timeout_triggered": CallBridge._on_timeout_triggered,
     "conversation.item.input_audio_transcription.completed": CallBridge._on_transcription_completed,
     "conversation.item.input_audio_transcription.failed": CallBridge._on_transcription_failed,
 }

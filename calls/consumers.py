@@ -21,8 +21,19 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from calls import realtime, services, twilio_media, twiml
-from calls.bridge import CallBridge, EndCall, RecordError, SaveTurn, SendOpenAI, SendTwilio
+from calls import realtime, services, tools, twilio_media, twilio_rest, twiml
+from calls.bridge import CallBridge
+from calls.bridge_actions import (
+    EndCall,
+    RecordError,
+    RunTool,
+    SaveToolCall,
+    SaveTurn,
+    SendOpenAI,
+    SendTwilio,
+    ToolCallRecord,
+    Transfer,
+)
 from calls.models import EndedReason
 from calls.signatures import websocket_signature_valid
 
@@ -39,6 +50,7 @@ OPENAI_CONNECT_TIMEOUT = 10.0
 MAX_EARLY_FRAMES = 500
 LOGGED_BAD_FRAMES = 5
 DB_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
+TICK_SECONDS = 0.25
 
 
 def _db(function: Any) -> Any:
@@ -56,7 +68,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.writer: asyncio.Task[None] | None = None
         self.twilio_closed = False
         self.to_openai: asyncio.Queue[str] = asyncio.Queue()
-        self.to_database: asyncio.Queue[SaveTurn | RecordError | None] = asyncio.Queue()
+        self.to_database: asyncio.Queue[SaveTurn | SaveToolCall | RecordError | None] = asyncio.Queue()
+        self.ticker: asyncio.Task[None] | None = None
+        self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
         self.finishing: asyncio.Task[None] | None = None
         signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
         if settings.TWILIO_VALIDATE_SIGNATURES and not websocket_signature_valid(
@@ -131,6 +145,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         except services.WebhookError as exc:
             await self._reject(str(exc), CLOSE_BAD_STREAM)
             return
+        self.tool_context = tools.ToolContext(
+            call_sid=call.call_sid,
+            from_number=call.from_number,
+            to_number=call.to_number,
+            agent_name=call.agent.name if call.agent else "",
+        )
         now = time.monotonic()
         self.bridge = CallBridge(agent, stream_sid=start.stream_sid, call_sid=self.call_sid, now=now)
         for media in self.early:
@@ -139,6 +159,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         logger.info("call %s: stream %s started (model %s)", self.call_sid, start.stream_sid, agent.model)
         self.reader = asyncio.create_task(self._run_openai(agent))
         self.writer = asyncio.create_task(self._write_database())
+        self.ticker = asyncio.create_task(self._tick())
         await self._perform()
 
     async def _perform(self) -> None:
@@ -149,10 +170,56 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=action.text)
             elif isinstance(action, SendOpenAI):
                 self.to_openai.put_nowait(action.text)
-            elif isinstance(action, SaveTurn | RecordError):
+            elif isinstance(action, SaveTurn | SaveToolCall | RecordError):
                 self.to_database.put_nowait(action)
+            elif isinstance(action, RunTool):
+                self._side_task(self._run_tool(action))
+            elif isinstance(action, Transfer):
+                self._side_task(self._transfer(action))
             elif isinstance(action, EndCall):
                 self._request_end(action)
+
+    def _side_task(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.side_tasks.add(task)
+        task.add_done_callback(self.side_tasks.discard)
+
+    async def _tick(self) -> None:
+        """Time-based decisions (limits, key-press pauses) are the bridge's; this only ticks."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            assert self.bridge is not None
+            self.bridge.on_tick(time.monotonic())
+            await self._perform()
+
+    async def _run_tool(self, action: RunTool) -> None:
+        outcome = await tools.run_tool(action.name, action.arguments, self.tool_context)
+        record = ToolCallRecord(
+            position=action.position,
+            name=action.name,
+            call_id=action.call_id,
+            arguments=action.arguments,
+            result=outcome.output,
+            error=outcome.error,
+            duration_ms=outcome.duration_ms,
+        )
+        assert self.bridge is not None
+        self.bridge.on_tool_result(action.call_id, outcome.as_model_output(), record, time.monotonic())
+        await self._perform()
+
+    async def _transfer(self, action: Transfer) -> None:
+        document = twiml.dial(action.number, caller_id=self.tool_context.from_number)
+        try:
+            await _db(twilio_rest.call_update_twiml)(self.call_sid, document)
+            ok, error = True, ""
+            await _db(services.call_transferred)(call_sid=self.call_sid, number=action.number)
+            logger.info("call %s: transferred to %s", self.call_sid, action.number)
+        except (twilio_rest.TwilioRestError, twilio_rest.TwilioNotConfigured, DatabaseError) as exc:
+            ok, error = False, str(exc)
+            logger.warning("call %s: transfer to %s failed: %s", self.call_sid, action.number, exc)
+        assert self.bridge is not None
+        self.bridge.on_transfer_result(ok, error, time.monotonic())
+        await self._perform()
 
     def _request_end(self, end: EndCall) -> None:
         if self.finishing is None:
@@ -177,6 +244,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                     async for message in ws:
                         self._on_openai_message(message)
                         await self._perform()
+                        # A burst of buffered deltas would otherwise be handled in one go:
+                        # let the transport flush (marks are timed by when audio leaves)
+                        # and let other calls' audio through.
+                        await asyncio.sleep(0)
                 finally:
                     sender.cancel()
                 code = ws.close_code
@@ -213,6 +284,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 try:
                     if isinstance(action, SaveTurn):
                         await _db(services.turn_record)(call_sid=self.call_sid, turn=action.turn)
+                    elif isinstance(action, SaveToolCall):
+                        await _db(services.tool_call_record)(call_sid=self.call_sid, record=action.record)
                     else:
                         await _db(services.call_record_error)(call_sid=self.call_sid, message=action.message)
                     break
@@ -229,6 +302,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if bridge is not None:
             bridge.finish(time.monotonic())
             await self._perform()
+        for task in (self.ticker, *self.side_tasks):
+            if task is not None:
+                task.cancel()
         if self.reader is not None:
             self.reader.cancel()  # leaving its ``async with`` closes the OpenAI socket
             await asyncio.gather(self.reader, return_exceptions=True)
@@ -245,9 +321,23 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             )
         except DatabaseError as exc:
             logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)
+        if end.hang_up:
+            await self._hang_up()
         if not self.twilio_closed:
             # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
             await self.close(code=CLOSE_CALL_FAILED if end.reason == EndedReason.ERROR else 1000)
+
+    async def _hang_up(self) -> None:
+        """Complete the call through Twilio's REST API: authoritative, unlike a socket close."""
+        try:
+            ended_now = await _db(twilio_rest.call_complete)(self.call_sid)
+            logger.info("call %s: %s", self.call_sid, "hung up" if ended_now else "had already ended")
+        except twilio_rest.TwilioNotConfigured:
+            logger.info(
+                "call %s: no Twilio credentials; ending the call by closing the stream", self.call_sid
+            )
+        except twilio_rest.TwilioRestError as exc:
+            logger.warning("call %s: could not hang up through the REST API: %s", self.call_sid, exc)
 
     async def disconnect(self, code: int) -> None:
         self.twilio_closed = True

@@ -39,6 +39,12 @@ class NoiseReduction(models.TextChoices):
     FAR_FIELD = "far_field", "Far field (speakerphones)"
 
 
+class MachinePolicy(models.TextChoices):
+    OFF = "", "No answering-machine detection"
+    HANG_UP = "hang_up", "Detect machines and hang up"
+    LEAVE_MESSAGE = "leave_message", "Detect machines and leave the voicemail message"
+
+
 class Agent(models.Model):
     """What answers a phone number: the model's instructions, voice and turn-taking."""
 
@@ -94,7 +100,32 @@ class Agent(models.Model):
         blank=True,
     )
     max_call_seconds = models.PositiveIntegerField(
-        default=600, validators=[MinValueValidator(30)], help_text="Longest call this agent takes."
+        default=600,
+        validators=[MinValueValidator(30)],
+        help_text="Longest call: near the end the agent wraps up politely, then the call ends.",
+    )
+    tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Names of the function tools this agent may call (end_call, transfer_call, yours).",
+    )
+    transfer_numbers = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Comma-separated E.164 numbers transfer_call may dial; the first is the default.",
+    )
+    idle_timeout_seconds = models.PositiveIntegerField(
+        default=8,
+        help_text="Server VAD only: prompt the caller after this much silence. 0: never.",
+    )
+    max_silence_prompts = models.PositiveIntegerField(
+        default=2, help_text="After this many prompts without an answer, the agent says goodbye and hangs up."
+    )
+    machine_policy = models.CharField(
+        "answering machines (outbound)", max_length=16, choices=MachinePolicy.choices, blank=True, default=""
+    )
+    voicemail_message = models.TextField(
+        blank=True, help_text="Read to an answering machine when the policy is to leave a message."
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -112,6 +143,10 @@ class Agent(models.Model):
     @property
     def effective_model(self) -> str:
         return self.model or settings.OPENAI_REALTIME_MODEL
+
+    @property
+    def transfer_destinations(self) -> list[str]:
+        return [n.strip() for n in self.transfer_numbers.split(",") if n.strip()]
 
 
 class CallDirection(models.TextChoices):
@@ -151,6 +186,7 @@ class EndedReason(models.TextChoices):
     SERVER_RESTART = "server_restart", "Server restarted"
     NO_STREAM = "no_stream", "Media stream never connected"
     NO_AGENT = "no_agent", "No agent available"
+    MACHINE = "machine", "Answering machine"
     BUSY = "busy", "Busy"
     NO_ANSWER = "no_answer", "No answer"
     FAILED = "failed", "Call failed"
@@ -183,6 +219,8 @@ class Call(models.Model):
     duration_seconds = models.PositiveIntegerField("duration (s)", null=True, blank=True)
     ended_reason = models.CharField(max_length=32, choices=EndedReason.choices, blank=True)
     error = models.TextField(blank=True, help_text="Last error seen on this call.")
+    answered_by = models.CharField(max_length=32, blank=True, help_text="Answering-machine detection result.")
+    transferred_to = models.CharField(max_length=64, blank=True)
     # Token counts summed over every response.done (and caller transcription), as OpenAI names them.
     usage = models.JSONField(default=dict, blank=True)
 
@@ -207,6 +245,11 @@ class Role(models.TextChoices):
     AGENT = "agent", "Agent"
 
 
+class TurnKind(models.TextChoices):
+    SPEECH = "speech", "Speech"
+    DTMF = "dtmf", "Key press"
+
+
 class Turn(models.Model):
     """One utterance. ``position`` is the conversation order, which differs from the order
     transcripts arrive in (the caller's transcription lands after the agent has started)."""
@@ -214,6 +257,7 @@ class Turn(models.Model):
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="turns")
     position = models.PositiveIntegerField()
     role = models.CharField(max_length=8, choices=Role.choices)
+    kind = models.CharField(max_length=8, choices=TurnKind.choices, default=TurnKind.SPEECH)
     text = models.TextField(blank=True)
     started_ms = models.PositiveIntegerField("start (ms)", null=True, blank=True)
     ended_ms = models.PositiveIntegerField("end (ms)", null=True, blank=True)
@@ -237,3 +281,27 @@ class Turn(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_role_display()}: {self.text[:60]}"
+
+
+class ToolCall(models.Model):
+    """One function call the model made, with what it got back."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="tool_calls")
+    position = models.PositiveIntegerField(help_text="Place in the conversation, like Turn.position.")
+    name = models.CharField(max_length=64)
+    openai_call_id = models.CharField("OpenAI call id", max_length=64, blank=True)
+    arguments = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["call", "position"]
+        indexes = [
+            # The call page merges tool calls into the conversation by position.
+            models.Index(fields=["call", "position"], name="toolcall_call_position_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}({self.openai_call_id})"

@@ -12,9 +12,12 @@ the model streams slower than real time (see ``shared/protocols/barge-in.md``). 
   ran dry is modelled;
 * a ``clear`` sent now reaches Twilio at ``now + d``: what had played by then was heard.
 
-``d`` is half the measured round trip: a mark sent while Twilio's buffer is empty comes
-back after ``2d`` plus the audio before it. A mark echoed after a ``clear`` was not played
-(Twilio flushes every pending mark at once), so its echo is ignored.
+``d`` is half the measured round trip. Audio sent into an empty buffer starts playing ``d``
+later and plays on without a gap while more follows, so the echo of any chunk in such a
+run comes back at ``run start + 2d + audio up to that chunk``, or later (the buffer ran dry,
+an echo was delayed): every echo is a sample, and the smallest recent one is the link. The
+bridge also sends probe marks (no audio) at the start and while idle. A mark echoed after a
+``clear`` was not played (Twilio flushes every pending mark at once), so it is ignored.
 
 All times are ``time.monotonic()`` seconds supplied by the caller of this module.
 """
@@ -26,7 +29,9 @@ from dataclasses import dataclass
 
 from calls.audio import BYTES_PER_SECOND
 
-_RTT_SMOOTHING = 0.3
+# Delays only ever add to a round trip (a busy event loop, a slow echo), so the smallest of
+# the recent samples is the best estimate of the link itself.
+_RTT_WINDOW = 32
 _MAX_RTT = 2.0
 _FORGET_FLUSHED_AFTER = 4096
 
@@ -38,7 +43,10 @@ class Chunk:
     nbytes: int
     item_end: int  # bytes of the item sent up to and including this chunk
     sent_at: float
-    into_empty: bool  # sent while nothing was pending: its echo measures the round trip
+    # When the run of back-to-back audio this chunk belongs to was started (its first chunk
+    # was sent into an empty buffer), and the run's bytes up to the end of this chunk.
+    run_started: float
+    run_bytes: int
 
     @property
     def item_start(self) -> int:
@@ -53,9 +61,13 @@ class Playback:
         self.sent: dict[str, int] = {}  # item -> bytes sent
         self.confirmed: dict[str, int] = {}  # item -> bytes Twilio confirmed played
         self.rtt: float | None = None
+        self._rtt_samples: deque[float] = deque(maxlen=_RTT_WINDOW)
         self._anchor: float | None = None  # when (Twilio side) playback passed the last echo
         self._tail: float = 0.0  # estimated end of everything sent, for start-time estimates
         self._seq = 0
+        self._run_started = 0.0
+        self._run_bytes = 0
+        self.last_probe = float("-inf")
 
     @property
     def delay(self) -> float:
@@ -73,7 +85,10 @@ class Playback:
         self.sent[item_id] = item_end
         self._seq += 1
         name = f"{self._seq}:{item_id}:{item_end}"
-        chunk = Chunk(name, item_id, nbytes, item_end, now, into_empty=not self.pending)
+        if not self.pending:
+            self._run_started, self._run_bytes = now, 0
+        self._run_bytes += nbytes
+        chunk = Chunk(name, item_id, nbytes, item_end, now, self._run_started, self._run_bytes)
         self.pending.append(chunk)
         self._names[name] = chunk
         starts = max(self._tail, now + self.delay)
@@ -82,6 +97,7 @@ class Playback:
 
     def probe(self, now: float) -> str:
         """A mark with no audio before it: its echo measures the round trip at once."""
+        self.last_probe = now
         return self.send("", 0, now)[0]
 
     def echo(self, name: str, now: float) -> Chunk | None:
@@ -90,10 +106,9 @@ class Playback:
         if chunk is None:
             self._flushed.discard(name)
             return None
-        if chunk.into_empty:
-            sample = now - chunk.sent_at - chunk.nbytes / BYTES_PER_SECOND
-            sample = min(max(sample, 0.0), _MAX_RTT)
-            self.rtt = sample if self.rtt is None else self.rtt + _RTT_SMOOTHING * (sample - self.rtt)
+        sample = now - chunk.run_started - chunk.run_bytes / BYTES_PER_SECOND
+        self._rtt_samples.append(min(max(sample, 0.0), _MAX_RTT))
+        self.rtt = min(self._rtt_samples)
         # Echoes come in order: everything up to this chunk has played.
         while self.pending:
             done = self.pending.popleft()

@@ -32,7 +32,14 @@ class AgentConfig:
     vad_eagerness: str = "auto"
     noise_reduction: str = "near_field"
     max_call_seconds: int = 600
-    tools: list[dict[str, Any]] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)  # definitions for session.update
+    transfer_destinations: list[str] = field(default_factory=list)
+    idle_timeout_seconds: int = 0  # server VAD only; 0 = never prompt a silent caller
+    max_silence_prompts: int = 2
+
+    @property
+    def tool_names(self) -> set[str]:
+        return {str(t.get("name")) for t in self.tools}
 
 
 def connect_url(base_url: str, model: str) -> str:
@@ -54,7 +61,7 @@ def _turn_detection(agent: AgentConfig) -> dict[str, Any]:
             "create_response": True,
             "interrupt_response": True,
         }
-    return {
+    detection: dict[str, Any] = {
         "type": "server_vad",
         "threshold": agent.vad_threshold,
         "prefix_padding_ms": agent.vad_prefix_padding_ms,
@@ -62,6 +69,10 @@ def _turn_detection(agent: AgentConfig) -> dict[str, Any]:
         "create_response": True,
         "interrupt_response": True,
     }
+    if agent.idle_timeout_seconds:
+        # After this much silence the service prompts the caller by itself.
+        detection["idle_timeout_ms"] = agent.idle_timeout_seconds * 1000
+    return detection
 
 
 def session_update(agent: AgentConfig) -> dict[str, Any]:
@@ -118,10 +129,15 @@ def audio_append(payload: str) -> str:
     return f'{{"type":"input_audio_buffer.append","audio":"{payload}"}}'
 
 
-def response_create(instructions: str | None = None) -> str:
-    if instructions is None:
+def response_create(instructions: str | None = None, metadata: dict[str, str] | None = None) -> str:
+    response: dict[str, Any] = {}
+    if instructions is not None:
+        response["instructions"] = instructions
+    if metadata:
+        response["metadata"] = metadata  # echoed on response.created/done
+    if not response:
         return '{"type":"response.create"}'
-    return dumps({"type": "response.create", "response": {"instructions": instructions}})
+    return dumps({"type": "response.create", "response": response})
 
 
 def response_cancel() -> str:
@@ -139,14 +155,33 @@ def truncate(item_id: str, audio_end_ms: int) -> str:
     )
 
 
-def user_text_item(text: str, *, role: str = "user") -> str:
+def text_item(text: str, *, role: str = "user", item_id: str | None = None) -> str:
+    item: dict[str, Any] = {
+        "type": "message",
+        "role": role,
+        "content": [{"type": "input_text", "text": text}],
+    }
+    if item_id:
+        item["id"] = item_id
+    return dumps({"type": "conversation.item.create", "item": item})
+
+
+def function_output(call_id: str, output: str) -> str:
     return dumps(
         {
             "type": "conversation.item.create",
-            "item": {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]},
+            "item": {"type": "function_call_output", "call_id": call_id, "output": output},
         }
     )
 
 
 def greeting_instructions(greeting: str) -> str:
     return f"Start the call now. Greet the caller with exactly these words: {greeting}"
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """Parse function-call arguments; ValueError unless they are a JSON object."""
+    value = json.loads(text or "{}")
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value

@@ -6,7 +6,9 @@ Nothing here runs in the per-frame audio path.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +19,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls.bridge import TurnRecord
+from calls import tools, twilio_rest, twiml
+from calls.bridge_actions import ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
     Agent,
@@ -25,9 +28,12 @@ from calls.models import (
     CallDirection,
     CallStatus,
     EndedReason,
+    MachinePolicy,
+    ToolCall,
     Turn,
 )
 from calls.realtime import AgentConfig
+from calls.signatures import public_url
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +76,9 @@ def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
     if missing:
         raise WebhookError(f"Missing required parameter(s): {', '.join(missing)}.")
     call_sid = params["CallSid"]
-    agent = agent_for_number(params["To"])
+    existing = Call.objects.select_related("agent").filter(call_sid=call_sid).first()
+    # An outbound call was created with its agent; an inbound one is answered by number.
+    agent = existing.agent if existing is not None and existing.agent else agent_for_number(params["To"])
     defaults = {
         "account_sid": params["AccountSid"],
         "from_number": params["From"][:64],
@@ -218,6 +226,10 @@ def agent_config(call: Call) -> AgentConfig:
         vad_eagerness=agent.vad_eagerness,
         noise_reduction=agent.noise_reduction,
         max_call_seconds=agent.max_call_seconds,
+        tools=tools.definitions(list(agent.tools or []), transfer_destinations=agent.transfer_destinations),
+        transfer_destinations=agent.transfer_destinations,
+        idle_timeout_seconds=agent.idle_timeout_seconds if agent.turn_detection == "server_vad" else 0,
+        max_silence_prompts=agent.max_silence_prompts,
     )
 
 
@@ -252,8 +264,33 @@ def turn_record(*, call_sid: str, turn: TurnRecord) -> None:
             "ended_ms": turn.ended_ms,
             "interrupted": turn.interrupted,
             "heard_ms": turn.heard_ms,
+            "kind": turn.kind,
         },
     )
+
+
+def tool_call_record(*, call_sid: str, record: ToolCallRecord) -> None:
+    call_id = Call.objects.filter(call_sid=call_sid).values_list("pk", flat=True).first()
+    if call_id is None:
+        return
+    try:
+        arguments = json.loads(record.arguments or "{}")
+    except ValueError:
+        arguments = {"raw": record.arguments[:2000]}
+    ToolCall.objects.create(
+        call_id=call_id,
+        position=record.position,
+        name=record.name[:64],
+        openai_call_id=record.call_id[:64],
+        arguments=arguments,
+        result=record.result,
+        error=record.error[:2000],
+        duration_ms=record.duration_ms,
+    )
+
+
+def call_transferred(*, call_sid: str, number: str) -> None:
+    Call.objects.filter(call_sid=call_sid).update(transferred_to=number[:64])
 
 
 def call_record_error(*, call_sid: str, message: str) -> None:
@@ -281,3 +318,66 @@ def call_finalize(*, call_sid: str, reason: str, error: str = "", usage: dict | 
             call.usage = usage
         call.save()
     logger.info("call %s: ended (%s)%s", call_sid, call.ended_reason, f": {error}" if error else "")
+
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+MACHINE_ANSWERS = frozenset(
+    {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax"}
+)
+
+
+def call_place(*, to: str, agent: Agent) -> Call:
+    """Dial ``to`` through Twilio's REST API; the callee's webhook and stream then use the
+    same bridge as inbound calls, answered by ``agent``."""
+    if not _E164.match(to):
+        raise ValueError(f"{to!r} is not an E.164 number such as +15551234567")
+    if not agent.phone_number:
+        raise ValueError(f"agent {agent.name!r} has no phone number to call from")
+    policy = agent.machine_policy
+    call_sid = twilio_rest.call_create(
+        to=to,
+        from_=agent.phone_number,
+        url=public_url("/incoming-call"),
+        status_callback=public_url("/call-status"),
+        machine_detection=MACHINE_DETECTION_MODES.get(policy, False),
+        amd_status_callback=public_url("/amd-status") if policy else None,
+        time_limit=agent.max_call_seconds + 60,
+    )
+    call, _ = Call.objects.update_or_create(
+        call_sid=call_sid,
+        defaults={
+            "account_sid": settings.TWILIO_ACCOUNT_SID,
+            "from_number": agent.phone_number,
+            "to_number": to,
+            "direction": CallDirection.OUTBOUND_API,
+            "agent": agent,
+            "model": agent.effective_model,
+            "voice": agent.voice,
+        },
+    )
+    logger.info("call %s: placed to %s for agent %s", call_sid, to, agent.name)
+    return call
+
+
+# Leaving a message needs the beep (message end); hanging up only needs "is it a machine".
+MACHINE_DETECTION_MODES = {MachinePolicy.HANG_UP: "Enable", MachinePolicy.LEAVE_MESSAGE: "DetectMessageEnd"}
+
+
+def call_answered_by(*, params: dict[str, str]) -> Call | None:
+    """Asynchronous answering-machine detection result: act on the agent's policy."""
+    call = Call.objects.select_related("agent").filter(call_sid=params.get("CallSid", "")).first()
+    if call is None:
+        return None
+    answered_by = params.get("AnsweredBy", "")[:32]
+    call.answered_by = answered_by
+    call.save(update_fields=["answered_by"])
+    policy = call.agent.machine_policy if call.agent else ""
+    if answered_by not in MACHINE_ANSWERS or not policy:
+        return call
+    if policy == MachinePolicy.LEAVE_MESSAGE and call.agent and call.agent.voicemail_message:
+        twilio_rest.call_update_twiml(call.call_sid, twiml.say_and_hang_up(call.agent.voicemail_message))
+    else:
+        twilio_rest.call_complete(call.call_sid)
+    Call.objects.filter(pk=call.pk).update(ended_reason=EndedReason.MACHINE)
+    logger.info("call %s: answered by %s; %s", call.call_sid, answered_by, policy)
+    return call

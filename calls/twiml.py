@@ -32,3 +32,14 @@ def say_and_hang_up(message: str) -> str:
     response.say(message)
     response.hangup()
     return str(response)
+
+
+def dial(number: str, *, caller_id: str = "") -> str:
+    """Transfer: the live call leaves ``<Connect>`` and dials a human. ``answerOnBridge``
+    keeps the caller hearing ringing until the human picks up."""
+    response = VoiceResponse()
+    options = {"answer_on_bridge": True}
+    if caller_id.startswith("+"):
+        options["caller_id"] = caller_id
+    response.dial(number, **options)
+    return str(response)

@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from calls import services, twiml
+from calls import services, twilio_rest, twiml
 from calls.signatures import twilio_signed
 
 logger = logging.getLogger(__name__)
@@ -58,4 +58,16 @@ def call_status(request: HttpRequest) -> HttpResponse:
 def stream_status(request: HttpRequest) -> HttpResponse:
     """``<Stream statusCallback>``: stream started, stopped or failed."""
     services.call_stream_event_apply(params=_params(request))
+    return HttpResponse(status=200)
+
+
+@csrf_exempt
+@require_POST
+@twilio_signed
+def amd_status(request: HttpRequest) -> HttpResponse:
+    """Asynchronous answering-machine detection result for an outbound call."""
+    try:
+        services.call_answered_by(params=_params(request))
+    except twilio_rest.TwilioRestError as exc:
+        logger.warning("Could not act on an answering-machine result: %s", exc)
     return HttpResponse(status=200)

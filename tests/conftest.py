@@ -13,6 +13,7 @@ def twilio_settings(settings):
     """Every test runs as a deployment behind a TLS-terminating proxy (ngrok)."""
     settings.TWILIO_AUTH_TOKEN = AUTH_TOKEN
     settings.TWILIO_ACCOUNT_SID = "AC" + "0" * 32
+    settings.TWILIO_API_BASE_URL = "http://127.0.0.1:9"  # nothing listens: no test reaches Twilio
     settings.PUBLIC_BASE_URL = PUBLIC_BASE_URL
     settings.TWILIO_VALIDATE_SIGNATURES = True
     return settings
@@ -91,8 +92,21 @@ def fake_openai(loop):
     loop.run(server.stop())
 
 
+ACCOUNT_SID = "AC" + "0" * 32
+
+
 @pytest.fixture(scope="session")
-def server_process(django_db_setup, fake_openai, tmp_path_factory):
+def fake_twilio_rest():
+    from calls.fakes.twilio_rest import FakeTwilioRest
+
+    fake = FakeTwilioRest(ACCOUNT_SID, AUTH_TOKEN)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def server_process(django_db_setup, fake_openai, fake_twilio_rest, tmp_path_factory):
     from django.db import connection
 
     from tests.live import database_url, start_daphne
@@ -102,6 +116,9 @@ def server_process(django_db_setup, fake_openai, tmp_path_factory):
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "OPENAI_API_KEY": OPENAI_KEY,
         "OPENAI_REALTIME_URL": fake_openai.url,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_API_BASE_URL": fake_twilio_rest.url,
+        "VOICE_AGENT_TOOLS": "calls.example_tools,tests.e2e_tools",
         "DEBUG": "false",
         "SECRET_KEY": "e2e-secret-key-not-for-production",
         "LOG_LEVEL": "INFO",
@@ -112,8 +129,9 @@ def server_process(django_db_setup, fake_openai, tmp_path_factory):
 
 
 @pytest.fixture
-def live(server_process, transactional_db, fake_openai):
-    """A running server with a clean database and the default agent (no greeting)."""
+def live(server_process, transactional_db, fake_openai, fake_twilio_rest, settings):
+    """A running server with a clean database and the default agent (no greeting). The test
+    process is configured like the server, so services called here reach the same fakes."""
     from calls.models import Agent
 
     Agent.objects.update_or_create(
@@ -123,9 +141,14 @@ def live(server_process, transactional_db, fake_openai):
             "instructions": "Be brief.",
             "greeting": "",
             "vad_silence_ms": 400,
+            "idle_timeout_seconds": 0,
         },
     )
     fake_openai.set_script(None)
+    fake_twilio_rest.clear()
+    settings.PUBLIC_BASE_URL = server_process.url
+    settings.TWILIO_API_BASE_URL = fake_twilio_rest.url
+    settings.TWILIO_ACCOUNT_SID = ACCOUNT_SID
     yield server_process
     if server_process.process.poll() is not None:
         pytest.fail(f"the server died:\n{server_process.log()}")

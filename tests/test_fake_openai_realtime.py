@@ -964,3 +964,36 @@ def test_g711_round_trip_is_within_quantisation(sample: int) -> None:
         decoded = table[encode(sample)]
         assert abs(decoded - sample) <= max(abs(sample) // 16, 16)
         assert table[encode(decoded)] == decoded  # re-encoding a decoded value is stable
+
+
+def test_idle_timeout_commits_silence_and_responds() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer(Script(replies=[Reply("Hi."), Reply("Are you still there?")])) as srv:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with connect(f"{srv.url}?model={MODEL}", additional_headers=headers, proxy=None) as ws:
+                await ws.recv()  # session.created
+                update = {
+                    "type": "session.update",
+                    "session": {
+                        "type": "realtime",
+                        "audio": {
+                            "input": {
+                                "format": {"type": "audio/pcmu"},
+                                "turn_detection": {"type": "server_vad", "idle_timeout_ms": 200},
+                            },
+                            "output": {"format": {"type": "audio/pcmu"}},
+                        },
+                    },
+                }
+                await ws.send(json.dumps(update))
+                await ws.send(json.dumps({"type": "response.create"}))
+                session = await srv.wait_for_session(0)
+                timeout = await session.wait_for_sent("input_audio_buffer.timeout_triggered", timeout=5)
+                done = session.sent_of("response.done")
+                assert len(done) == 1 and timeout["item_id"]
+                second = await session.wait_for_sent(
+                    lambda e: e["type"] == "response.done" and e is not done[0], timeout=5
+                )
+                assert second["response"]["status"] == "completed"
+
+    run(scenario)

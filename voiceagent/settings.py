@@ -154,6 +154,9 @@ TWILIO_API_BASE_URL = env_url(
 # How long the media socket has to present the single-use token minted by the webhook.
 STREAM_TOKEN_TTL_SECONDS = env_int("STREAM_TOKEN_TTL_SECONDS", 120, minimum=5)
 
+# Function tools agents may use: modules with @tool functions, or dotted paths of functions.
+VOICE_AGENT_TOOLS = env_list("VOICE_AGENT_TOOLS", ["calls.example_tools"])
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(

@@ -13,5 +13,6 @@ urlpatterns = [
     path("incoming-call", views.incoming_call, name="incoming-call"),
     path("call-status", views.call_status, name="call-status"),
     path("stream-status", views.stream_status, name="stream-status"),
+    path("amd-status", views.amd_status, name="amd-status"),
     path("admin/", admin.site.urls),
 ]

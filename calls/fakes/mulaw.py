@@ -6,6 +6,7 @@ speech; ``audioop`` is gone in Python 3.13, so the few table-driven routines we 
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 
@@ -114,8 +115,12 @@ def rms(data: bytes, fmt: str = ULAW) -> float:
     return math.sqrt(sum(s * s for s in samples) / len(samples)) if samples else 0.0
 
 
+@functools.lru_cache(maxsize=256)
 def tone(duration_ms: int, seed: int = 0, fmt: str = ULAW, amplitude: int = 8000) -> bytes:
-    """A deterministic sine tone whose pitch depends on ``seed`` (stands in for synthesised speech)."""
+    """A deterministic sine tone whose pitch depends on ``seed`` (stands in for synthesised speech).
+
+    Cached: synthesis is pure-Python CPU work, and a fake that blocks its event loop to make
+    audio would delay everything sharing that loop (the simulated caller in tests)."""
     rate = RATES[fmt]
     freq = 220.0 + (seed % 23) * 30.0
     count = duration_ms * rate // 1000

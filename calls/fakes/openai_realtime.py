@@ -137,6 +137,12 @@ class Script:
     close_after_first_delta: int | None = None
     connect_delay: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Synthesise reply audio now, in whatever thread builds the script, rather than
+        # inside the server's event loop mid-call (see ``mulaw.tone``).
+        for reply in self.replies:
+            reply.render_audio()
+
 
 class _Dropped(Exception):
     """Raised inside a response stream after a scripted mid-call close."""
@@ -347,6 +353,8 @@ class FakeSession:
         self._speech_item: str | None = None
         self._speech_start_ms = 0
         self._silence = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._audio_ms: dict[str, int] = {}
 
     # -- assertions helpers -------------------------------------------------------------------
     def events_of(self, type_: str) -> list[Event]:
@@ -469,6 +477,7 @@ class FakeSession:
             log.info("fake realtime session %d closed (code=%s)", self.index, self.close_code)
 
     async def _reap(self) -> None:
+        self._disarm_idle_timer()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -555,6 +564,7 @@ class FakeSession:
             if not loud:
                 return
             self._speech_item, self._silence = new_id("item"), 0
+            self._disarm_idle_timer()
             self._speech_start_ms = max(0, start // bpm - int(td.get("prefix_padding_ms", 300)))
             await self._send(
                 {
@@ -671,7 +681,45 @@ class FakeSession:
         resp.cancel.set()
         await resp.finished.wait()
 
+    def _arm_idle_timer(self, output: list[Event]) -> None:
+        """server_vad ``idle_timeout_ms``: once the answer would have finished playing
+        (response.done + its audio duration) and the caller stays silent that long, the
+        service commits the silence and responds (``input_audio_buffer.timeout_triggered``)."""
+        td = self.config["audio"]["input"]["turn_detection"] or {}
+        idle_ms = td.get("idle_timeout_ms") if td.get("type") == "server_vad" else None
+        if not idle_ms:
+            return
+        played_ms = sum(self._audio_ms.get(str(item.get("id")), 0) for item in output)
+        self._disarm_idle_timer()
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(
+            (played_ms + idle_ms) / 1000, lambda: self._spawn(self._idle_timeout())
+        )
+
+    def _disarm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    async def _idle_timeout(self) -> None:
+        self._idle_timer = None
+        if self.active is not None or self._speech_item is not None:
+            return
+        now_ms = self._in_total // self._in_bpm
+        item_id = new_id("item")
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(
+                {
+                    "type": "input_audio_buffer.timeout_triggered",
+                    "audio_start_ms": max(0, now_ms - 1),
+                    "audio_end_ms": now_ms,
+                    "item_id": item_id,
+                }
+            )
+            await self._commit(item_id, 0, auto_respond=True)
+
     def _start_response(self, params: Event | None = None) -> _Response:
+        self._disarm_idle_timer()
         resp = _Response(new_id("resp"), self._responses)
         self._responses += 1
         self.active = resp
@@ -718,6 +766,8 @@ class FakeSession:
             body["usage"] = self._usage(output)
             total = body["usage"]["total_tokens"]
             self.active = None  # the client may respond to response.done straight away
+            if not resp.reason:
+                self._arm_idle_timer(output)
             await self._send(
                 {"type": "response.done", "response": body},
                 {
@@ -797,6 +847,7 @@ class FakeSession:
                 raise _Dropped
             await self._pause(resp, reply.pace)
         transcript = "".join(said)
+        self._audio_ms[item_id] = len(sent_audio) // mulaw.BYTES_PER_MS[self._out_fmt]
         part = {"type": "audio", "transcript": transcript}
         item["status"] = "completed" if done == len(chunks) else "incomplete"
         item["content"] = [{"type": "output_audio", "transcript": transcript}]

@@ -1,0 +1,82 @@
+"""What the bridge asks the outside world to do. Plain data: the consumer performs it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class SendTwilio:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendOpenAI:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    position: int
+    role: str  # "caller" | "agent"
+    text: str
+    item_id: str
+    started_ms: int | None
+    ended_ms: int | None
+    interrupted: bool = False
+    heard_ms: int | None = None
+    kind: str = "speech"  # "speech" | "dtmf"
+
+
+@dataclass(frozen=True, slots=True)
+class SaveTurn:
+    turn: TurnRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    position: int
+    name: str
+    call_id: str
+    arguments: str
+    result: Any = None
+    error: str = ""
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveToolCall:
+    record: ToolCallRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    """Run a registered function tool off the audio loop; report with ``on_tool_result``."""
+
+    call_id: str
+    name: str
+    arguments: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """Redirect the live call to ``<Dial>number</Dial>``; report with ``on_transfer_result``."""
+
+    number: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndCall:
+    reason: str  # an EndedReason value
+    error: str = ""
+    hang_up: bool = False  # also complete the call through Twilio's REST API
+
+
+Action = SendTwilio | SendOpenAI | SaveTurn | SaveToolCall | RunTool | Transfer | RecordError | EndCall
