@@ -253,6 +253,7 @@ class BenchCall:
         self.stream_sid = ""
         self.call_sid = ""
         self.error = ""
+        self.cut_short = ""
         self.close_code: int | None = None
         self.seq = 0  # Twilio sequenceNumber
         # caller -> OpenAI: send time of frame k (k is the tag's sequence number)
@@ -379,7 +380,11 @@ class BenchCall:
             finally:
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)
-            self.close_code = ws.close_code if ws.close_code is not None else None
+            self.close_code = ws.close_code
+        if self.cut_short and not self.error:
+            self.error = f"{self.cut_short}, close code {self.close_code}"
+        elif self.close_code != 1000 and not self.error:
+            self.error = f"the server closed the stream with code {self.close_code}"
 
     async def _talk(self, ws: ClientConnection) -> None:
         """The phone line: frame k leaves at t0 + k * 20 ms, then a quiet drain."""
@@ -396,8 +401,7 @@ class BenchCall:
             if delay > 0:
                 await asyncio.sleep(delay)
             if ws.close_code is not None:
-                if self.t_media_end is None:
-                    self.t_media_end = time.monotonic()
+                self._cut_short(k, frames)
                 return
             if k < frames:
                 now = time.monotonic()
@@ -409,18 +413,23 @@ class BenchCall:
                     f'"timestamp":"{k * FRAME_MS}","payload":"{payload}"}},"streamSid":"{stream_sid}"}}'
                 )
                 sent = time.monotonic()
-                self.t_sent.append(sent)
-                self.lateness.append(sent - due)
                 try:
                     await ws.send(message)
                 except ConnectionClosed:
-                    self.t_media_end = time.monotonic()
+                    self._cut_short(k, frames)
                     return
+                self.t_sent.append(sent)
+                self.lateness.append(sent - due)
             elif k == frames:
                 self.t_media_end = time.monotonic()
             await self._echo_due_marks(ws)
         if self.t_media_end is None:
             self.t_media_end = time.monotonic()
+
+    def _cut_short(self, k: int, frames: int) -> None:
+        if self.t_media_end is None:
+            self.t_media_end = time.monotonic()
+        self.cut_short = f"the server closed the stream before the caller hung up (frame {k} of {frames})"
 
     async def _echo_due_marks(self, ws: ClientConnection) -> None:
         now = time.monotonic()
@@ -876,7 +885,7 @@ def start_profiler(ctx: Context, n: int, seconds: float) -> subprocess.Popen[byt
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = ctx.args.output.parent / f"daphne-{n}calls"
     command = [py_spy, "record", "--pid", str(ctx.pids["server"]), "--duration", str(int(seconds))]
-    command += ["--rate", "100", "--nonblocking", "--format", "raw", "--output", f"{out}.txt"]
+    command += ["--rate", "100", "--nonblocking", "--gil", "--format", "raw", "--output", f"{out}.txt"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -199,8 +199,9 @@ class CallBridge:
         elif isinstance(event, twilio_media.Mark):
             self._on_mark(event.name, now)
         elif isinstance(event, twilio_media.Stop):
-            # After a transfer Twilio stops the stream itself: that is no hang-up.
-            self._end("transferred" if self._transferred_to else "caller_hung_up")
+            # After a transfer Twilio stops the stream itself: that is no hang-up. The stop
+            # may even overtake the REST response confirming the redirect.
+            self._end("transferred" if self.transferred_to else "caller_hung_up")
         elif isinstance(event, twilio_media.Dtmf):
             self._on_dtmf(event.digit, now)
         # connected/start are handled by the consumer before the bridge exists.
@@ -318,8 +319,13 @@ class CallBridge:
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
         self._active_response = str(response.get("id") or "response")
         metadata = response.get("metadata") if isinstance(response.get("metadata"), dict) else {}
-        if self._closing is not None and metadata.get(CLOSING_METADATA) == self._closing.reason:
-            self._closing.goodbye_response = self._active_response
+        if self._closing is not None:
+            if metadata.get(CLOSING_METADATA) == self._closing.reason:
+                self._closing.goodbye_response = self._active_response
+            else:
+                # The call is ending: nothing else is said (a prompt of the service's own,
+                # an answer to a late noise). Its audio is dropped and it is cancelled.
+                self._interrupted.add(self._active_response)
 
     def _on_output_item_added(self, event: dict[str, Any], now: float) -> None:
         raw = event.get("item") if isinstance(event.get("item"), dict) else {}
@@ -335,7 +341,7 @@ class CallBridge:
             # cancel the response itself, cancel it once.
             if response_id == self._active_response and response_id not in self._cancel_sent:
                 self._cancel_sent.add(response_id)
-                self._outbox.append(SendOpenAI(realtime.response_cancel()))
+                self._outbox.append(SendOpenAI(realtime.response_cancel(response_id)))
             return
         delta = event.get("delta")
         item_id = str(event.get("item_id") or "")
@@ -479,7 +485,11 @@ class CallBridge:
 
     @property
     def transferred_to(self) -> str:
-        return self._transferred_to
+        """The number the call was (or is being) transferred to."""
+        if self._transferred_to:
+            return self._transferred_to
+        closing = self._closing
+        return closing.transfer_to if closing is not None and closing.fired else ""
 
     # -- ending the call, limits, silence, key presses --------------------------------------
 

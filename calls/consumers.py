@@ -212,9 +212,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         try:
             await _db(twilio_rest.call_update_twiml)(self.call_sid, document)
             ok, error = True, ""
-            await _db(services.call_transferred)(call_sid=self.call_sid, number=action.number)
             logger.info("call %s: transferred to %s", self.call_sid, action.number)
-        except (twilio_rest.TwilioRestError, twilio_rest.TwilioNotConfigured, DatabaseError) as exc:
+        except (twilio_rest.TwilioRestError, twilio_rest.TwilioNotConfigured) as exc:
             ok, error = False, str(exc)
             logger.warning("call %s: transfer to %s failed: %s", self.call_sid, action.number, exc)
         assert self.bridge is not None
@@ -317,7 +316,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             usage["transcription"] = bridge.transcription_usage
         try:
             await _db(services.call_finalize)(
-                call_sid=self.call_sid, reason=end.reason, error=end.error, usage=usage
+                call_sid=self.call_sid,
+                reason=end.reason,
+                error=end.error,
+                usage=usage,
+                transferred_to=bridge.transferred_to if bridge else "",
             )
         except DatabaseError as exc:
             logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)

@@ -140,8 +140,12 @@ def response_create(instructions: str | None = None, metadata: dict[str, str] | 
     return dumps({"type": "response.create", "response": response})
 
 
-def response_cancel() -> str:
-    return '{"type":"response.cancel"}'
+def response_cancel(response_id: str | None = None) -> str:
+    """Cancel ``response_id`` only: a bare cancel would hit whichever response is active by
+    the time it arrives, possibly a newer one."""
+    if response_id is None:
+        return '{"type":"response.cancel"}'
+    return dumps({"type": "response.cancel", "response_id": response_id})
 
 
 def truncate(item_id: str, audio_end_ms: int) -> str:

@@ -289,15 +289,13 @@ def tool_call_record(*, call_sid: str, record: ToolCallRecord) -> None:
     )
 
 
-def call_transferred(*, call_sid: str, number: str) -> None:
-    Call.objects.filter(call_sid=call_sid).update(transferred_to=number[:64])
-
-
 def call_record_error(*, call_sid: str, message: str) -> None:
     Call.objects.filter(call_sid=call_sid).update(error=message[:2000])
 
 
-def call_finalize(*, call_sid: str, reason: str, error: str = "", usage: dict | None = None) -> None:
+def call_finalize(
+    *, call_sid: str, reason: str, error: str = "", usage: dict | None = None, transferred_to: str = ""
+) -> None:
     """Close the record of a call however it ended; what Twilio reported already is kept."""
     with transaction.atomic():
         call = Call.objects.select_for_update().filter(call_sid=call_sid).first()
@@ -316,6 +314,8 @@ def call_finalize(*, call_sid: str, reason: str, error: str = "", usage: dict | 
             call.status = CallStatus.COMPLETED
         if usage:
             call.usage = usage
+        if transferred_to:
+            call.transferred_to = transferred_to[:64]
         call.save()
     logger.info("call %s: ended (%s)%s", call_sid, call.ended_reason, f": {error}" if error else "")
 

@@ -665,7 +665,8 @@ class FakeSession:
         self._start_response(params or {})
 
     async def _on_response_cancel(self, ev: Event) -> None:
-        if self.active is None:
+        wanted = ev.get("response_id")
+        if self.active is None or (wanted is not None and wanted != self.active.id):
             await self._fail(
                 "response_cancel_not_active", "Cancellation failed: no active response found", None, ev
             )
