@@ -929,6 +929,11 @@ def print_table(results: list[dict[str, Any]], machine: dict[str, Any], args: ar
             f"{fmt(r['server_rss_peak_mib']):>7} ({fmt(r['server_rss_per_call_kib'], 0):>7}) | "
             f"{fmt(r['machine_busy_pct'], 0):>5}"
         )
+    print(
+        "lost: sent but never delivered (down: excluding audio the bridge drops on purpose after a "
+        "barge-in); srv CPU: daphne process, 100 = one core (its event loop is one thread); "
+        "RSS per call: peak above the idle server; busy%: whole machine, all CPUs."
+    )
     print()
     print("Frames (20 ms each), traffic and the measuring side's own load:")
     for r in results:

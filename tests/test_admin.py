@@ -119,3 +119,45 @@ def test_non_staff_users_are_sent_to_login(client):
     client.force_login(user)
     response = client.get("/admin/calls/call/")
     assert response.status_code == 302
+
+
+def test_tool_calls_appear_inline_in_the_conversation(staff_client, call_with_transcript):
+    from calls.models import ToolCall
+
+    ToolCall.objects.create(
+        call=call_with_transcript,
+        position=1,
+        name="book_table",
+        arguments={"party_size": 2},
+        result={"booked": True, "reference": "R-1"},
+        duration_ms=42,
+    )
+    ToolCall.objects.create(call=call_with_transcript, position=2, name="lookup", error="<b>timeout</b>")
+    body = staff_client.get(f"/admin/calls/call/{call_with_transcript.pk}/change/").content.decode()
+    assert body.index("a table for two") < body.index("book_table") < body.index("Sure, for what time")
+    assert "&quot;reference&quot;: &quot;R-1&quot;" in body and "42 ms" in body
+    assert "&lt;b&gt;timeout&lt;/b&gt;" in body
+
+
+def test_agent_form_offers_registered_tools(staff_client):
+    agent = Agent.objects.get()
+    body = staff_client.get(f"/admin/calls/agent/{agent.pk}/change/").content.decode()
+    for name in ("end_call", "transfer_call", "book_table", "opening_hours"):
+        assert f'value="{name}"' in body
+
+
+def test_place_call_action_asks_for_a_number(staff_client):
+    agent = Agent.objects.get()
+    response = staff_client.post(
+        "/admin/calls/agent/", {"action": "place_call", "_selected_action": [agent.pk]}
+    )
+    assert response.status_code == 200
+    assert "Number to call" in response.content.decode()
+    response = staff_client.post(
+        "/admin/calls/agent/",
+        {"action": "place_call", "_selected_action": [agent.pk], "to": "+15553334444"},
+        follow=True,
+    )
+    # The default agent has no number to call from: a clear message, no call.
+    assert "has no phone number to call from" in response.content.decode()
+    assert not Call.objects.exists()
