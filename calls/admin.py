@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -47,6 +48,26 @@ def format_offset(ms: int | None) -> str:
     seconds, millis = divmod(ms, 1000)
     minutes, seconds = divmod(seconds, 60)
     return f"{minutes}:{seconds:02d}.{millis // 100}"
+
+
+def mask_phone(number: str) -> str:
+    """``+15550001111`` as ``+1555•••1111``: enough to tell calls apart, not to call back.
+    The hidden part is always three dots, so the length is not shown either."""
+    if len(number) <= 8:
+        return f"•••{number[-2:]}" if number else ""
+    return f"{number[:5]}•••{number[-4:]}"
+
+
+def listed_number(number: str) -> str:
+    """A number as the admin's lists show it: masked with MASK_PHONE_NUMBERS."""
+    return mask_phone(number) if settings.MASK_PHONE_NUMBERS else number
+
+
+@admin.display(description="Call", ordering="call")
+def call_of(row: Turn | ToolCall) -> str:
+    """The call a turn or tool call belongs to, as ``str(call)`` but with listed numbers."""
+    call = row.call
+    return f"{call.call_sid} {listed_number(call.from_number)} → {listed_number(call.to_number)}"
 
 
 @admin.register(Agent)
@@ -127,8 +148,8 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class CallAdmin(ReadOnlyAdmin):
     list_display = [
         "created_at",
-        "from_number",
-        "to_number",
+        "listed_from",
+        "listed_to",
         "agent",
         "direction",
         "duration_seconds",
@@ -164,6 +185,15 @@ class CallAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Call]:
         return super().get_queryset(request).annotate(turn_count=Count("turns"))
+
+    # Lists (and search results) may mask numbers; the call's own page shows them in full.
+    @admin.display(description="From", ordering="from_number")
+    def listed_from(self, call: Call) -> str:
+        return listed_number(call.from_number)
+
+    @admin.display(description="To", ordering="to_number")
+    def listed_to(self, call: Call) -> str:
+        return listed_number(call.to_number)
 
     @admin.display(description="Turns", ordering="turn_count")
     def turn_count(self, call: Call) -> int:
@@ -221,7 +251,7 @@ def render_turn(turn: Turn) -> SafeString:
 
 @admin.register(ToolCall)
 class ToolCallAdmin(ReadOnlyAdmin):
-    list_display = ["call", "name", "created_at", "duration_ms", "error"]
+    list_display = [call_of, "name", "created_at", "duration_ms", "error"]
     list_filter = ["name"]
     search_fields = ["call__call_sid", "name"]
     list_select_related = ["call"]
@@ -229,7 +259,7 @@ class ToolCallAdmin(ReadOnlyAdmin):
 
 @admin.register(Turn)
 class TurnAdmin(ReadOnlyAdmin):
-    list_display = ["call", "position", "role", "text", "started_ms", "interrupted"]
+    list_display = [call_of, "position", "role", "text", "started_ms", "interrupted"]
     list_filter = ["role", "interrupted"]
     search_fields = ["text", "call__call_sid"]
     list_select_related = ["call"]

@@ -19,6 +19,7 @@ from calls.bridge_actions import (
     Action,
     EndCall,
     RecordError,
+    RecycleSession,
     RunTool,
     SaveToolCall,
     SaveTurn,
@@ -48,6 +49,10 @@ CLOSING_DEADLINE = 20.0
 TRANSFER_STOP_DEADLINE = 10.0
 # While nothing plays, re-measure the round trip to Twilio this often.
 PROBE_INTERVAL = 2.0
+# How long past ``session_max_seconds`` to wait for a quiet moment before recycling anyway.
+SESSION_RECYCLE_GRACE = 60.0
+# Conversation items we re-create in a new OpenAI session carry this id prefix.
+REPLAY_PREFIX = "replay_"
 # Tags the response.create of a goodbye we asked for, so its response can be recognised.
 CLOSING_METADATA = "voiceagent_closing"
 
@@ -130,6 +135,11 @@ class CallBridge:
         self._dtmf_count = 0
         self._silence_prompts = 0
         self._wrap_up_sent = False
+        self.sessions = 0  # OpenAI sessions opened for this call
+        self.reconnects = 0  # ... of which after losing one
+        self._session_live_since = now
+        self._recycle_requested = False
+        self._replayed = 0
         self._probe(now)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -162,17 +172,52 @@ class CallBridge:
     # -- OpenAI connection ----------------------------------------------------------------
 
     def on_openai_connected(self) -> None:
+        self.sessions += 1
+        self._recycle_requested = False
         self._outbox.append(SendOpenAI(realtime.dumps(realtime.session_update(self.agent))))
+
+    def on_openai_lost(self, now: float, reason: str, *, planned: bool = False) -> None:
+        """The OpenAI session is gone (dropped, or replaced on purpose). Until the next one is
+        live, caller audio is kept; what Twilio is playing plays on."""
+        self.live = False
+        self._active_response = None
+        self._wanted = None
+        self._pending_tools.clear()
+        if not planned:
+            self.reconnects += 1
+            self._outbox.append(RecordError(f"OpenAI session lost ({reason}); reconnecting"))
 
     def _go_live(self, now: float) -> None:
         self.live = True
+        self._session_live_since = now
         if not self.playback.pending:
             self._probe(now)  # the start-up probe is back: measure again, now the loop is calmer
+        if self.sessions > 1:
+            # A new session knows nothing: give it the conversation so far, as text.
+            self._replay_conversation()
+            for payload in self._early:
+                self._outbox.append(SendOpenAI(realtime.audio_append(payload)))
+            self._early.clear()
+            return
         for payload in self._early:
             self._outbox.append(SendOpenAI(realtime.audio_append(payload)))
         self._early.clear()
         if self.agent.greeting:
             self._request_response(realtime.greeting_instructions(self.agent.greeting))
+
+    def _replay_conversation(self) -> None:
+        for item in sorted(self.items.values(), key=lambda i: i.position):
+            text = item.transcript or "".join(item.transcript_parts)
+            if not text or item.item_id.startswith(REPLAY_PREFIX):
+                continue
+            if item.truncated:
+                text += " [interrupted: the caller only heard the beginning]"
+            role = {"caller": "user", "agent": "assistant", "tool": "system"}.get(item.role)
+            if role is None:
+                continue
+            self._replayed += 1
+            item_id = f"{REPLAY_PREFIX}{self._replayed}"
+            self._outbox.append(SendOpenAI(realtime.text_item(text, role=role, item_id=item_id)))
 
     def _request_response(
         self, instructions: str | None = None, metadata: dict[str, str] | None = None
@@ -310,7 +355,7 @@ class CallBridge:
 
     def _on_item_added(self, event: dict[str, Any], now: float) -> None:
         raw = event.get("item")
-        if not isinstance(raw, dict) or not raw.get("id"):
+        if not isinstance(raw, dict) or not raw.get("id") or str(raw["id"]).startswith(REPLAY_PREFIX):
             return
         role = {"user": "caller", "assistant": "agent"}.get(str(raw.get("role")), "other")
         self._item(str(raw["id"]), role)
@@ -433,6 +478,7 @@ class CallBridge:
         if call_id not in self._pending_tools:
             return
         self._pending_tools.discard(call_id)
+        self._remember_tool(record.position, record.name, output)
         self._outbox.append(SaveToolCall(record))
         self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
         if not self._pending_tools and self._closing is None:
@@ -464,6 +510,13 @@ class CallBridge:
             return
         self._tool_done(position, "transfer_call", call_id, arguments, error=error)
         self._request_response()
+
+    def _remember_tool(self, position: int, name: str, output: str) -> None:
+        """Kept as text so a replacement OpenAI session can be told what tools returned."""
+        for item in self.items.values():
+            if item.position == position:
+                item.transcript = f"Earlier in this call the tool {name} returned: {output[:2000]}"
+                return
 
     def on_transfer_result(self, ok: bool, error: str, now: float) -> None:
         if ok:
@@ -587,7 +640,21 @@ class CallBridge:
                 )
         if self._transferred_to and now - self._transfer_started > TRANSFER_STOP_DEADLINE:
             self._end("transferred")
+        self._maybe_recycle(now)
         self._maybe_close(now)
+
+    def _maybe_recycle(self, now: float) -> None:
+        """OpenAI ends a session at 60 minutes. Past ``session_max_seconds`` the session is
+        replaced at the first quiet moment (nobody speaking, no tool running), where the
+        switch cannot be heard; past the limit minus one minute, even if it is not quiet."""
+        age = now - self._session_live_since
+        limit = self.agent.session_max_seconds
+        if not self.live or self._recycle_requested or self.ended is not None or age < limit:
+            return
+        quiet = self._active_response is None and not self.playback.is_playing and not self._pending_tools
+        if quiet or age >= limit + SESSION_RECYCLE_GRACE:
+            self._recycle_requested = True
+            self._outbox.append(RecycleSession())
 
     # -- turns ----------------------------------------------------------------------------
 

@@ -68,6 +68,11 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
+class RecycleSession:
+    """Replace the OpenAI session now (a quiet moment before its 60-minute limit)."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecordError:
     message: str
 
@@ -79,4 +84,14 @@ class EndCall:
     hang_up: bool = False  # also complete the call through Twilio's REST API
 
 
-Action = SendTwilio | SendOpenAI | SaveTurn | SaveToolCall | RunTool | Transfer | RecordError | EndCall
+Action = (
+    SendTwilio
+    | SendOpenAI
+    | SaveTurn
+    | SaveToolCall
+    | RunTool
+    | Transfer
+    | RecycleSession
+    | RecordError
+    | EndCall
+)

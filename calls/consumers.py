@@ -20,12 +20,14 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from websockets.exceptions import InvalidStatus
 
 from calls import realtime, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
 from calls.bridge_actions import (
     EndCall,
     RecordError,
+    RecycleSession,
     RunTool,
     SaveToolCall,
     SaveTurn,
@@ -51,6 +53,11 @@ MAX_EARLY_FRAMES = 500
 LOGGED_BAD_FRAMES = 5
 DB_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
 TICK_SECONDS = 0.25
+# Reconnect after a dropped OpenAI session within about 2 s; a session that lived this long
+# counts as healthy again. Close codes 3000 (bad key) and 4000 (beta shape) cannot be retried.
+RECONNECT_DELAYS = (0.1, 0.5, 1.0)
+STABLE_SESSION_SECONDS = 30.0
+FATAL_CLOSE_CODES = frozenset({3000, 4000})
 
 
 def _db(function: Any) -> Any:
@@ -59,6 +66,16 @@ def _db(function: Any) -> Any:
 
 
 class MediaStreamConsumer(AsyncWebsocketConsumer):
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs ``aclose_old_connections`` in its single shared worker thread before
+        # every handler. Media frames never touch the database on this path (writes go
+        # through ``_db`` in other threads), and that hop cost a quarter of a core and most
+        # of the inbound p99 at 50 calls (bench/README.md): skip it for frames.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
     async def connect(self) -> None:
         self.call_sid = "-"
         self.bridge: CallBridge | None = None
@@ -70,6 +87,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.to_openai: asyncio.Queue[str] = asyncio.Queue()
         self.to_database: asyncio.Queue[SaveTurn | SaveToolCall | RecordError | None] = asyncio.Queue()
         self.ticker: asyncio.Task[None] | None = None
+        self.openai_ws: Any = None
+        self.recycling = False
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
         self.finishing: asyncio.Task[None] | None = None
         signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
@@ -176,8 +195,15 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 self._side_task(self._run_tool(action))
             elif isinstance(action, Transfer):
                 self._side_task(self._transfer(action))
+            elif isinstance(action, RecycleSession):
+                self._side_task(self._recycle())
             elif isinstance(action, EndCall):
                 self._request_end(action)
+
+    async def _recycle(self) -> None:
+        if self.openai_ws is not None:
+            self.recycling = True
+            await self.openai_ws.close()
 
     def _side_task(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -225,8 +251,38 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             self.finishing = asyncio.create_task(self._finish(end))
 
     async def _run_openai(self, agent: realtime.AgentConfig) -> None:
+        """Keep the call connected to OpenAI: reconnect after a drop (the bridge replays the
+        conversation), replace the session before its time limit, give up after repeated
+        failures or a refusal that retrying cannot fix."""
         assert self.bridge is not None
         url = realtime.connect_url(settings.OPENAI_REALTIME_URL, agent.model)
+        failures = 0
+        while self.finishing is None:
+            started = time.monotonic()
+            failure = await self._openai_session(url)
+            if self.finishing is not None or self.bridge.ended is not None:
+                return
+            now = time.monotonic()
+            if failure is None:  # replaced on purpose: connect again at once
+                logger.info("call %s: recycling the OpenAI session", self.call_sid)
+                self.bridge.on_openai_lost(now, "recycled", planned=True)
+                continue
+            fatal, detail = failure
+            if now - started > STABLE_SESSION_SECONDS:
+                failures = 0
+            if fatal or failures >= len(RECONNECT_DELAYS):
+                self._request_end(EndCall(EndedReason.ERROR, detail))
+                return
+            logger.warning("call %s: %s; reconnecting", self.call_sid, detail)
+            self.bridge.on_openai_lost(now, detail)
+            await self._perform()
+            await asyncio.sleep(RECONNECT_DELAYS[failures])
+            failures += 1
+
+    async def _openai_session(self, url: str) -> tuple[bool, str] | None:
+        """Run one OpenAI session. None if we closed it on purpose, else (fatal, why)."""
+        assert self.bridge is not None
+        self.recycling = False
         try:
             async with websockets.connect(
                 url,
@@ -236,6 +292,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 compression=None,
                 close_timeout=2,
             ) as ws:
+                self.openai_ws = ws
+                while not self.to_openai.empty():  # left over from a lost session
+                    self.to_openai.get_nowait()
                 self.bridge.on_openai_connected()
                 await self._perform()
                 sender = asyncio.create_task(self._send_openai(ws))
@@ -249,13 +308,17 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                         await asyncio.sleep(0)
                 finally:
                     sender.cancel()
-                code = ws.close_code
-                reason = ws.close_reason
-            if self.finishing is None:
-                self._request_end(EndCall(EndedReason.ERROR, f"OpenAI closed the session ({code} {reason})"))
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            return status in (401, 403), f"OpenAI refused the connection (HTTP {status})"
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            if self.finishing is None:
-                self._request_end(EndCall(EndedReason.ERROR, f"OpenAI connection failed: {exc}"))
+            return False, f"OpenAI connection failed: {exc}"
+        finally:
+            self.openai_ws = None
+        if self.recycling:
+            return None
+        code, reason = ws.close_code, ws.close_reason
+        return code in FATAL_CLOSE_CODES, f"OpenAI closed the session ({code} {reason})".strip()
 
     def _on_openai_message(self, message: str | bytes) -> None:
         assert self.bridge is not None
@@ -304,8 +367,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         for task in (self.ticker, *self.side_tasks):
             if task is not None:
                 task.cancel()
+        if self.openai_ws is not None:
+            await self.openai_ws.close()  # 1000: we are done, the session must not linger
         if self.reader is not None:
-            self.reader.cancel()  # leaving its ``async with`` closes the OpenAI socket
+            self.reader.cancel()
             await asyncio.gather(self.reader, return_exceptions=True)
         # Everything queued so far is written before the call is finalised.
         self.to_database.put_nowait(None)
@@ -321,6 +386,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 error=end.error,
                 usage=usage,
                 transferred_to=bridge.transferred_to if bridge else "",
+                reconnects=bridge.reconnects if bridge else 0,
             )
         except DatabaseError as exc:
             logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)

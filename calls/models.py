@@ -127,6 +127,11 @@ class Agent(models.Model):
     voicemail_message = models.TextField(
         blank=True, help_text="Read to an answering machine when the policy is to leave a message."
     )
+    unavailable_message = models.CharField(
+        max_length=300,
+        default="Sorry, our assistant is not available right now. Please call again later. Goodbye.",
+        help_text="Spoken (by Twilio) when the AI cannot be reached, before hanging up.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -220,6 +225,9 @@ class Call(models.Model):
     ended_reason = models.CharField(max_length=32, choices=EndedReason.choices, blank=True)
     error = models.TextField(blank=True, help_text="Last error seen on this call.")
     answered_by = models.CharField(max_length=32, blank=True, help_text="Answering-machine detection result.")
+    openai_reconnects = models.PositiveIntegerField(
+        default=0, help_text="Times the OpenAI session dropped and was reconnected during the call."
+    )
     transferred_to = models.CharField(max_length=64, blank=True)
     # Token counts summed over every response.done (and caller transcription), as OpenAI names them.
     usage = models.JSONField(default=dict, blank=True)

@@ -36,6 +36,8 @@ class AgentConfig:
     transfer_destinations: list[str] = field(default_factory=list)
     idle_timeout_seconds: int = 0  # server VAD only; 0 = never prompt a silent caller
     max_silence_prompts: int = 2
+    # OpenAI ends a session after 60 minutes: replace it (quietly) before that.
+    session_max_seconds: float = 55 * 60
 
     @property
     def tool_names(self) -> set[str]:
@@ -160,11 +162,9 @@ def truncate(item_id: str, audio_end_ms: int) -> str:
 
 
 def text_item(text: str, *, role: str = "user", item_id: str | None = None) -> str:
-    item: dict[str, Any] = {
-        "type": "message",
-        "role": role,
-        "content": [{"type": "input_text", "text": text}],
-    }
+    """A text message in the conversation; the assistant's own words are ``output_text``."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    item: dict[str, Any] = {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
     if item_id:
         item["id"] = item_id
     return dumps({"type": "conversation.item.create", "item": item})

@@ -19,7 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls import tools, twilio_rest, twiml
+from calls import maintenance, tools, twilio_rest, twiml
 from calls.bridge_actions import ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
@@ -53,6 +53,7 @@ class WebhookError(ValueError):
 class IncomingCall:
     call: Call
     token: str | None  # None when no agent can take the call
+    busy: bool = False  # refused: MAX_CONCURRENT_CALLS calls are in progress
 
 
 def agent_for_number(to_number: str) -> Agent | None:
@@ -105,7 +106,29 @@ def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
         call.save(update_fields=["ended_reason", "error"])
         logger.error("call %s: %s", call_sid, call.error)
         return IncomingCall(call=call, token=None)
+    if call_refuse_if_busy(call):
+        return IncomingCall(call=call, token=None, busy=True)
     return IncomingCall(call=call, token=stream_token_issue(call))
+
+
+def call_refuse_if_busy(call: Call) -> bool:
+    """At MAX_CONCURRENT_CALLS calls in progress, record ``call`` as refused (ended reason
+    Busy) and return True. Simultaneous webhooks may overshoot the cap by a call or two:
+    the count is not locked, to keep the webhook fast."""
+    if call.ended_reason == EndedReason.BUSY:
+        return True  # Twilio retried the webhook: same answer
+    limit = settings.MAX_CONCURRENT_CALLS
+    if not limit:
+        return False
+    in_progress = maintenance.calls_in_progress(exclude_call_sid=call.call_sid)
+    if in_progress < limit:
+        return False
+    call.ended_reason = EndedReason.BUSY
+    call.ended_at = timezone.now()
+    call.error = f"Refused: {in_progress} calls in progress (MAX_CONCURRENT_CALLS={limit})."
+    call.save(update_fields=["ended_reason", "ended_at", "error"])
+    logger.warning("call %s: %s", call.call_sid, call.error)
+    return True
 
 
 def stream_token_issue(call: Call) -> str:
@@ -230,6 +253,7 @@ def agent_config(call: Call) -> AgentConfig:
         transfer_destinations=agent.transfer_destinations,
         idle_timeout_seconds=agent.idle_timeout_seconds if agent.turn_detection == "server_vad" else 0,
         max_silence_prompts=agent.max_silence_prompts,
+        session_max_seconds=settings.OPENAI_SESSION_MAX_SECONDS,
     )
 
 
@@ -294,7 +318,13 @@ def call_record_error(*, call_sid: str, message: str) -> None:
 
 
 def call_finalize(
-    *, call_sid: str, reason: str, error: str = "", usage: dict | None = None, transferred_to: str = ""
+    *,
+    call_sid: str,
+    reason: str,
+    error: str = "",
+    usage: dict | None = None,
+    transferred_to: str = "",
+    reconnects: int = 0,
 ) -> None:
     """Close the record of a call however it ended; what Twilio reported already is kept."""
     with transaction.atomic():
@@ -316,6 +346,7 @@ def call_finalize(
             call.usage = usage
         if transferred_to:
             call.transferred_to = transferred_to[:64]
+        call.openai_reconnects = reconnects
         call.save()
     logger.info("call %s: ended (%s)%s", call_sid, call.ended_reason, f": {error}" if error else "")
 
@@ -333,6 +364,10 @@ def call_place(*, to: str, agent: Agent) -> Call:
         raise ValueError(f"{to!r} is not an E.164 number such as +15551234567")
     if not agent.phone_number:
         raise ValueError(f"agent {agent.name!r} has no phone number to call from")
+    limit = settings.MAX_CONCURRENT_CALLS
+    if limit and maintenance.calls_in_progress() >= limit:
+        # The callee would only hear the busy message: do not ring them.
+        raise ValueError(f"all {limit} lines are busy (MAX_CONCURRENT_CALLS); try again later")
     policy = agent.machine_policy
     call_sid = twilio_rest.call_create(
         to=to,
@@ -381,3 +416,16 @@ def call_answered_by(*, params: dict[str, str]) -> Call | None:
     Call.objects.filter(pk=call.pk).update(ended_reason=EndedReason.MACHINE)
     logger.info("call %s: answered by %s; %s", call.call_sid, answered_by, policy)
     return call
+
+
+def call_apology(*, call_sid: str) -> str:
+    """What Twilio should say when the stream ended early: the agent's apology if the call
+    ended on an error (or is still open: the socket died under it), else nothing."""
+    call = Call.objects.select_related("agent").filter(call_sid=call_sid).first()
+    if call is None:
+        return ""
+    if call.ended_at is not None and call.ended_reason not in (EndedReason.ERROR, EndedReason.SERVER_RESTART):
+        return ""
+    if call.agent is not None:
+        return call.agent.unavailable_message
+    return "Sorry, we cannot take your call right now. Please call again later. Goodbye."

@@ -15,7 +15,9 @@ def connect_stream(*, call_sid: str, token: str) -> str:
     """``<Connect><Stream>`` to our media socket. The Stream URL may not carry a query
     string, so the call's identity and its single-use token travel as parameters."""
     response = VoiceResponse()
-    connect = Connect()
+    # When the stream ends without the call being hung up (our socket closed on an error),
+    # Twilio asks ``action`` what next: an apology, so the caller is never left in silence.
+    connect = Connect(action=public_url("/stream-ended"), method="POST")
     stream = connect.stream(
         url=stream_url(),
         status_callback=public_url("/stream-status"),
@@ -42,4 +44,10 @@ def dial(number: str, *, caller_id: str = "") -> str:
     if caller_id.startswith("+"):
         options["caller_id"] = caller_id
     response.dial(number, **options)
+    return str(response)
+
+
+def hang_up() -> str:
+    response = VoiceResponse()
+    response.hangup()
     return str(response)

@@ -14,6 +14,7 @@ from calls.signatures import twilio_signed
 logger = logging.getLogger(__name__)
 
 NO_AGENT_MESSAGE = "Sorry, nobody can take your call right now. Please try again later."
+BUSY_MESSAGE = "Sorry, all our lines are busy right now. Please call again in a few minutes. Goodbye."
 
 
 def _twiml(document: str) -> HttpResponse:
@@ -34,6 +35,8 @@ def incoming_call(request: HttpRequest) -> HttpResponse:
     except services.WebhookError as exc:
         logger.warning("Rejected voice webhook: %s", exc)
         return HttpResponseBadRequest(str(exc))
+    if incoming.busy:
+        return _twiml(twiml.say_and_hang_up(BUSY_MESSAGE))
     if incoming.token is None:
         return _twiml(twiml.say_and_hang_up(NO_AGENT_MESSAGE))
     logger.info("call %s: answering for agent %s", incoming.call.call_sid, incoming.call.agent)
@@ -71,3 +74,13 @@ def amd_status(request: HttpRequest) -> HttpResponse:
     except twilio_rest.TwilioRestError as exc:
         logger.warning("Could not act on an answering-machine result: %s", exc)
     return HttpResponse(status=200)
+
+
+@csrf_exempt
+@require_POST
+@twilio_signed
+def stream_ended(request: HttpRequest) -> HttpResponse:
+    """``<Connect action>``: the media stream ended but the call did not. After a failure the
+    caller hears an apology instead of silence; otherwise the call simply ends."""
+    apology = services.call_apology(call_sid=request.POST.get("CallSid", ""))
+    return _twiml(twiml.say_and_hang_up(apology) if apology else twiml.hang_up())

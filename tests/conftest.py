@@ -105,13 +105,12 @@ def fake_twilio_rest():
     fake.stop()
 
 
-@pytest.fixture(scope="session")
-def server_process(django_db_setup, fake_openai, fake_twilio_rest, tmp_path_factory):
+def server_environment(fake_openai, fake_twilio_rest) -> dict[str, str]:
     from django.db import connection
 
-    from tests.live import database_url, start_daphne
+    from tests.live import database_url
 
-    env = {
+    return {
         "DATABASE_URL": database_url(connection.settings_dict),
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "OPENAI_API_KEY": OPENAI_KEY,
@@ -123,9 +122,37 @@ def server_process(django_db_setup, fake_openai, fake_twilio_rest, tmp_path_fact
         "SECRET_KEY": "e2e-secret-key-not-for-production",
         "LOG_LEVEL": "INFO",
     }
-    server = start_daphne(env, tmp_path_factory.mktemp("logs") / "daphne.log")
+
+
+@pytest.fixture(scope="session")
+def server_process(django_db_setup, fake_openai, fake_twilio_rest, tmp_path_factory):
+    from tests.live import start_daphne
+
+    server = start_daphne(
+        server_environment(fake_openai, fake_twilio_rest), tmp_path_factory.mktemp("logs") / "daphne.log"
+    )
     yield server
     server.stop()
+
+
+@pytest.fixture
+def start_server(django_db_setup, fake_openai, fake_twilio_rest, tmp_path, settings):
+    """Start another server on the test database with some settings changed (a broken OpenAI
+    URL, a short session limit); it is stopped after the test."""
+    from tests.live import start_daphne
+
+    started = []
+
+    def start(**overrides: str):
+        env = server_environment(fake_openai, fake_twilio_rest) | overrides
+        server = start_daphne(env, tmp_path / f"daphne-{len(started)}.log")
+        started.append(server)
+        settings.PUBLIC_BASE_URL = server.url
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

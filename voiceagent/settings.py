@@ -53,6 +53,26 @@ CSRF_TRUSTED_ORIGINS = [PUBLIC_BASE_URL]
 if env_bool("USE_X_FORWARDED_PROTO", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+
+def _env_secure(name: str) -> bool:
+    """HTTPS hardening switches: unset or empty means on in production (DEBUG=false), off with DEBUG."""
+    return env_bool(name, not DEBUG) if env_str(name) else not DEBUG
+
+
+# HTTPS in production (`manage.py check --deploy` is clean with these defaults). Behind a
+# TLS-terminating proxy, set USE_X_FORWARDED_PROTO so requests are seen as https: otherwise
+# every request is redirected to itself, forever.
+SECURE_SSL_REDIRECT = _env_secure("SECURE_SSL_REDIRECT")
+# Twilio's webhooks are never redirected: a 301 loses the POST, and Twilio only ever uses the
+# https URLs it was given. Their signatures already prove where they were sent.
+SECURE_REDIRECT_EXEMPT = [r"^(incoming-call|call-status|stream-status|amd-status|stream-ended)$"]
+SESSION_COOKIE_SECURE = _env_secure("SESSION_COOKIE_SECURE")
+CSRF_COOKIE_SECURE = _env_secure("CSRF_COOKIE_SECURE")
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_secure("SECURE_HSTS_INCLUDE_SUBDOMAINS")
+# Only consent to browsers' preload list; nothing is preloaded until you submit the domain.
+SECURE_HSTS_PRELOAD = _env_secure("SECURE_HSTS_PRELOAD")
+
 INSTALLED_APPS = [
     # daphne first: its runserver serves HTTP and WebSockets from one process.
     "daphne",
@@ -141,6 +161,9 @@ OPENAI_REALTIME_URL = env_url(
 )
 # gpt-realtime is announced for shutdown on 2027-01-20; gpt-realtime-2.1 is its successor.
 OPENAI_REALTIME_MODEL = env_str("OPENAI_REALTIME_MODEL") or "gpt-realtime-2.1"
+# OpenAI ends a Realtime session after 60 minutes; longer calls get a fresh session (with the
+# conversation replayed) at a quiet moment after this many seconds.
+OPENAI_SESSION_MAX_SECONDS = env_int("OPENAI_SESSION_MAX_SECONDS", 55 * 60, minimum=1)
 
 # --- Twilio ---
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
@@ -156,6 +179,13 @@ STREAM_TOKEN_TTL_SECONDS = env_int("STREAM_TOKEN_TTL_SECONDS", 120, minimum=5)
 
 # Function tools agents may use: modules with @tool functions, or dotted paths of functions.
 VOICE_AGENT_TOOLS = env_list("VOICE_AGENT_TOOLS", ["calls.example_tools"])
+
+# --- Capacity and privacy ---
+# Calls bridged at once, counted in the database so every worker process shares the limit.
+# Callers beyond it hear a busy message. 0: no limit.
+MAX_CONCURRENT_CALLS = env_int("MAX_CONCURRENT_CALLS", 0, minimum=0)
+# Admin lists show callers' numbers masked (+1555•••1111); a call's own page shows them in full.
+MASK_PHONE_NUMBERS = env_bool("MASK_PHONE_NUMBERS", False)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -14,5 +14,6 @@ urlpatterns = [
     path("call-status", views.call_status, name="call-status"),
     path("stream-status", views.stream_status, name="stream-status"),
     path("amd-status", views.amd_status, name="amd-status"),
+    path("stream-ended", views.stream_ended, name="stream-ended"),
     path("admin/", admin.site.urls),
 ]

@@ -325,6 +325,7 @@ class SimulatedCaller:
         self.stream_sid = config.stream_sid or "MZ" + secrets.token_hex(16)
         self.link_delay = config.link_delay
         self.webhook: WebhookResult | None = None
+        self.after_stream: WebhookResult | None = None  # TwiML of <Connect action>, if followed
 
         # What the caller experienced (public, read by tests).
         self.heard = bytearray()
@@ -419,10 +420,26 @@ class SimulatedCaller:
 
     async def post_webhook(self) -> WebhookResult:
         """POST the signed incoming-call webhook and parse the TwiML answer."""
+        result = await self._post_signed(self.config.webhook_path, self.webhook_params())
+        self.webhook = result
+        return result
+
+    async def follow_connect_action(self) -> WebhookResult:
+        """What Twilio does when ``<Connect>`` ends while the call goes on (our server closed
+        the stream): request the ``action`` URL and play the TwiML it returns."""
+        if self.webhook is None or not self.webhook.connect_action:
+            raise RuntimeError("the TwiML had no <Connect action>")
+        public = self.config.public_base_url.rstrip("/")
+        action = self.webhook.connect_action
+        path = action[len(public) :] if action.startswith(public) else action
+        params = self.webhook_params() | {"CallStatus": "in-progress"}
+        self.after_stream = await self._post_signed(path, params)
+        return self.after_stream
+
+    async def _post_signed(self, path: str, params: dict[str, str]) -> WebhookResult:
         cfg = self.config
-        params = self.webhook_params()
-        url = cfg.base_url.rstrip("/") + cfg.webhook_path
-        signed_url = cfg.public_base_url.rstrip("/") + cfg.webhook_path
+        url = cfg.base_url.rstrip("/") + path
+        signed_url = cfg.public_base_url.rstrip("/") + path
         signature = self._signature(signed_url, params)
         headers = {
             "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8",
@@ -446,7 +463,6 @@ class SimulatedCaller:
         )
         if status == 200:
             _parse_twiml(result, raw)
-        self.webhook = result
         return result
 
     # -- stream ------------------------------------------------------------------
