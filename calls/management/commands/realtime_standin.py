@@ -39,7 +39,9 @@ class Command(BaseCommand):
             help="Replies as espeak-ng speech, or tones; auto: speech when espeak-ng is installed.",
         )
         parser.add_argument(
-            "--print-script", action="store_true", help="Print the built-in script (a starting point) and exit."
+            "--print-script",
+            action="store_true",
+            help="Print the built-in script (a starting point) and exit.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -52,7 +54,11 @@ class Command(BaseCommand):
         except standin.ScriptError as exc:
             raise CommandError(str(exc)) from exc
         if options["api_key"]:
-            api_key, accepts, env = options["api_key"], "the key given with --api-key", "OPENAI_API_KEY=<that key> "
+            api_key, accepts, env = (
+                options["api_key"],
+                "the key given with --api-key",
+                "OPENAI_API_KEY=<that key> ",
+            )
         elif settings.OPENAI_API_KEY:
             api_key, accepts, env = settings.OPENAI_API_KEY, "the key in OPENAI_API_KEY", ""
         else:
