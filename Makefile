@@ -19,12 +19,20 @@ $(VENV)/.test-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 
 run: $(VENV)/.run-deps
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py close_stale_calls --all
 	$(BIN)/python manage.py runserver 0.0.0.0:8000
 
 test: $(VENV)/.test-deps
+	@# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# One simulated call through the real server, offline: no keys, no phone, no network.
+.PHONY: demo
+demo: $(VENV)/.run-deps
+	$(BIN)/python manage.py demo_call

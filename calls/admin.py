@@ -8,14 +8,18 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from calls import services, tools, twilio_rest
+from calls import review, services, tools, twilio_rest
 from calls.models import Agent, Call, Role, ToolCall, Turn, TurnKind
+from calls.review import format_offset
 
 
 class AgentForm(forms.ModelForm):
@@ -42,14 +46,6 @@ class PlaceCallForm(forms.Form):
     )
 
 
-def format_offset(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    seconds, millis = divmod(ms, 1000)
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes}:{seconds:02d}.{millis // 100}"
-
-
 def mask_phone(number: str) -> str:
     """``+15550001111`` as ``+1555•••1111``: enough to tell calls apart, not to call back.
     The hidden part is always three dots, so the length is not shown either."""
@@ -63,11 +59,14 @@ def listed_number(number: str) -> str:
     return mask_phone(number) if settings.MASK_PHONE_NUMBERS else number
 
 
+def call_label(call: Call) -> str:
+    """``str(call)``, with the numbers as the lists show them."""
+    return f"{call.call_sid} {listed_number(call.from_number)} → {listed_number(call.to_number)}"
+
+
 @admin.display(description="Call", ordering="call")
 def call_of(row: Turn | ToolCall) -> str:
-    """The call a turn or tool call belongs to, as ``str(call)`` but with listed numbers."""
-    call = row.call
-    return f"{call.call_sid} {listed_number(call.from_number)} → {listed_number(call.to_number)}"
+    return call_label(row.call)
 
 
 @admin.register(Agent)
@@ -151,17 +150,21 @@ class CallAdmin(ReadOnlyAdmin):
         "listed_from",
         "listed_to",
         "agent",
-        "direction",
-        "duration_seconds",
+        "listed_duration",
         "status",
         "ended_reason",
         "turn_count",
+        "listed_cost",
+        "listed_p50",
+        "has_error",
     ]
+    actions = ["export_csv"]
     list_filter = ["status", "ended_reason", "direction", "agent", "created_at"]
     search_fields = ["from_number", "to_number", "call_sid", "turns__text"]
     date_hierarchy = "created_at"
     list_select_related = ["agent"]
     fieldsets = [
+        ("Recording", {"fields": ["recording_player"]}),
         ("Conversation", {"fields": ["conversation"]}),
         (
             "Call",
@@ -175,10 +178,30 @@ class CallAdmin(ReadOnlyAdmin):
                 ]
             },
         ),
+        (
+            "Latency",
+            {
+                "fields": [
+                    ("first_audio_ms", "latency_p50_ms", "latency_p95_ms"),
+                    ("interruptions", "reconnects"),
+                    "latency_chart",
+                ],
+                "description": "Response latency: the caller's end of speech to the first agent "
+                "audio sent to Twilio. Time to first audio: stream start to the greeting's first audio.",
+            },
+        ),
+        (
+            "Usage and cost",
+            {
+                "fields": ["usage_table"],
+                "description": "Tokens summed over every response of the call; the cost is estimated "
+                "from the price table in calls/pricing.py.",
+            },
+        ),
         ("Timing", {"fields": [("created_at", "answered_at", "started_at", "ended_at"), "duration_seconds"]}),
         ("Twilio", {"fields": ["call_sid", "account_sid", "stream_sid"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["conversation"]
+    readonly_fields = ["conversation", "recording_player", "latency_chart", "usage_table", "reconnects"]
 
     class Media:
         css = {"all": ["calls/admin.css"]}
@@ -186,7 +209,58 @@ class CallAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Call]:
         return super().get_queryset(request).annotate(turn_count=Count("turns"))
 
+    def get_urls(self) -> list[URLPattern]:
+        recording = path(
+            "<path:object_id>/recording.wav",
+            self.admin_site.admin_view(self.recording_view),
+            name="calls_call_recording",
+        )
+        return [recording, *super().get_urls()]
+
+    def recording_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The recording, to staff only: media files are never served publicly."""
+        call = self.get_object(request, unquote(object_id))
+        if call is None or not self.has_view_permission(request, call) or not call.recording:
+            raise Http404("No recording for this call.")
+        storage, name = call.recording.storage, call.recording.name
+        try:
+            size = storage.size(name)
+            handle = storage.open(name, "rb")
+        except (FileNotFoundError, OSError) as exc:
+            raise Http404("The recording file is missing.") from exc
+        return review.file_response(
+            request, handle, size, content_type="audio/wav", filename=f"{call.call_sid}.wav"
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        changelist = (getattr(response, "context_data", None) or {}).get("cl")
+        if changelist is not None:
+            totals = review.call_totals(changelist.queryset)
+            response.context_data["totals"] = {
+                "calls": totals["calls"],
+                "duration": review.format_duration(totals["seconds"]),
+                "cost": review.format_cost(totals["cost"]),
+                "tokens": totals["input_tokens"] or totals["output_tokens"],
+                "input_tokens": f"{totals['input_tokens'] or 0:,}",
+                "output_tokens": f"{totals['output_tokens'] or 0:,}",
+            }
+        return response
+
+    @admin.action(description="Export the selected calls as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[Call]) -> HttpResponse:
+        filename = f"calls-{timezone.now():%Y%m%d-%H%M%S}.csv"
+        return review.calls_csv(queryset.select_related("agent"), listed_number, filename)
+
     # Lists (and search results) may mask numbers; the call's own page shows them in full.
+    def action_checkbox(self, obj: Call) -> str:
+        # Django labels each row's checkbox with str(call), which holds both numbers.
+        label = f"Select this object for an action - {call_label(obj)}"
+        attrs = {"class": "action-select", "aria-label": label}  # escaped by the widget template
+        return forms.CheckboxInput(attrs, lambda value: False).render(
+            admin.helpers.ACTION_CHECKBOX_NAME, str(obj.pk)
+        )
+
     @admin.display(description="From", ordering="from_number")
     def listed_from(self, call: Call) -> str:
         return listed_number(call.from_number)
@@ -198,6 +272,52 @@ class CallAdmin(ReadOnlyAdmin):
     @admin.display(description="Turns", ordering="turn_count")
     def turn_count(self, call: Call) -> int:
         return call.turn_count  # type: ignore[attr-defined]
+
+    @admin.display(description="Duration", ordering="duration_seconds")
+    def listed_duration(self, call: Call) -> str:
+        return review.format_duration(call.duration_seconds)
+
+    @admin.display(description="Cost", ordering="cost_usd")
+    def listed_cost(self, call: Call) -> str:
+        return review.format_cost(call.cost_usd)
+
+    @admin.display(description="p50", ordering="latency_p50_ms")
+    def listed_p50(self, call: Call) -> str:
+        return f"{call.latency_p50_ms} ms" if call.latency_p50_ms is not None else ""
+
+    @admin.display(description="OpenAI reconnects")
+    def reconnects(self, call: Call) -> int:
+        return call.openai_reconnects
+
+    @admin.display(description="Error")
+    def has_error(self, call: Call) -> str:
+        if not call.error:
+            return ""
+        return format_html('<span class="va-error" title="{}">⚠ error</span>', call.error[:300])
+
+    @admin.display(description="Recording")
+    def recording_player(self, call: Call) -> SafeString:
+        if not call.recording:
+            return format_html(
+                '<p class="va-empty">{}</p>',
+                "No recording for this call (recording is off for its agent, or the call is still going).",
+            )
+        url = reverse("admin:calls_call_recording", args=[quote(call.pk)])
+        return format_html(
+            '<div class="va-recording"><audio controls preload="metadata" src="{}"></audio>'
+            '<span class="va-meta">Caller on the left channel, agent on the right. '
+            '<a href="{}" download>Download WAV</a></span></div>',
+            url,
+            url,
+        )
+
+    @admin.display(description="Per agent turn")
+    def latency_chart(self, call: Call) -> SafeString:
+        return review.latency_chart(call.turns.all(), p50_ms=call.latency_p50_ms)
+
+    @admin.display(description="Tokens")
+    def usage_table(self, call: Call) -> SafeString:
+        return review.usage_table(call.usage or {}, call.cost_usd)
 
     @admin.display(description="Transcript")
     def conversation(self, call: Call) -> SafeString:
@@ -238,12 +358,21 @@ def render_turn(turn: Turn) -> SafeString:
     if turn.interrupted:
         heard = f"{turn.heard_ms / 1000:.1f} s" if turn.heard_ms is not None else "unknown"
         note = format_html('<span class="va-interrupted">interrupted, caller heard {}</span>', heard)
+    latency = ""
+    if turn.latency_ms is not None:
+        latency = format_html(
+            '<span class="va-latency {}" title="{}">{} ms</span>',
+            review.latency_class(turn.latency_ms),
+            "Response latency: the caller's end of speech to this turn's first audio",
+            turn.latency_ms,
+        )
     return format_html(
-        '<div class="va-turn {}"><div class="va-meta"><strong>{}</strong> <span>{}</span> {}</div>'
+        '<div class="va-turn {}"><div class="va-meta"><strong>{}</strong> <span>{}</span> {} {}</div>'
         '<div class="va-text">{}</div></div>',
         side,
         turn.get_role_display(),
         format_offset(turn.started_ms),
+        latency,
         note,
         turn.text or "(no transcript)",
     )

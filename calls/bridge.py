@@ -17,6 +17,9 @@ from calls import realtime, twilio_media
 from calls.audio import BYTES_PER_MS, base64_size, split_base64
 from calls.bridge_actions import (
     Action,
+    AgentAudio,
+    AgentCut,
+    CallSummary,
     EndCall,
     RecordError,
     RecycleSession,
@@ -85,6 +88,7 @@ class Item:
     ended_ms: int | None = None
     truncated: bool = False
     heard_ms: int | None = None
+    latency_ms: int | None = None
     saved: bool = False
 
 
@@ -135,6 +139,11 @@ class CallBridge:
         self._dtmf_count = 0
         self._silence_prompts = 0
         self._wrap_up_sent = False
+        self.record_audio = False  # emit AgentAudio/AgentCut for a recording
+        self.interruptions = 0
+        self.first_audio_ms: int | None = None
+        self.latencies_ms: list[int] = []
+        self._speech_stopped_at: float | None = None
         self.sessions = 0  # OpenAI sessions opened for this call
         self.reconnects = 0  # ... of which after losing one
         self._session_live_since = now
@@ -312,6 +321,8 @@ class CallBridge:
         if self.playback.is_playing:
             heard = self.playback.clear(now)
             self._outbox.append(SendTwilio(twilio_media.clear_message(self.stream_sid)))
+            if self.record_audio:
+                self._outbox.append(AgentCut(now + self.playback.delay))
         # An answer still being generated is cut short even if its audio already played out
         # (a model slower than real time leaves Twilio's buffer empty between deltas).
         for item in self.items.values():
@@ -323,6 +334,8 @@ class CallBridge:
                 and self._item_response.get(item.item_id) == active
             ):
                 heard.setdefault(item.item_id, self.playback.confirmed.get(item.item_id, 0))
+        if heard:
+            self.interruptions += 1
         for interrupted_id, nbytes in heard.items():
             self._truncate(interrupted_id, nbytes, now)
 
@@ -340,6 +353,7 @@ class CallBridge:
         self._maybe_finish_agent(item, now)
 
     def _on_speech_stopped(self, event: dict[str, Any], now: float) -> None:
+        self._speech_stopped_at = now  # the clock for the next answer's response latency
         item_id = str(event.get("item_id") or "")
         start, _ = self._speech_ms.get(item_id, (None, None))
         self._speech_ms[item_id] = (start, _int(event.get("audio_end_ms")))
@@ -399,10 +413,22 @@ class CallBridge:
             name, starts = self.playback.send(item_id, nbytes, now)
             if item.started_ms is None:
                 item.started_ms = self._offset_ms(starts)
+                self._measure_latency(item, now)
+            if self.record_audio:
+                self._outbox.append(AgentAudio(piece, starts))
             item.sent_bytes += nbytes
             self.frames_out += 1
             self._outbox.append(SendTwilio(twilio_media.media_message(self.stream_sid, piece)))
             self._outbox.append(SendTwilio(twilio_media.mark_message(self.stream_sid, name)))
+
+    def _measure_latency(self, item: Item, now: float) -> None:
+        """First audio of an answer: how long after the caller stopped speaking it left."""
+        if self.first_audio_ms is None:
+            self.first_audio_ms = self._offset_ms(now)
+        if self._speech_stopped_at is not None:
+            item.latency_ms = max(0, int((now - self._speech_stopped_at) * 1000))
+            self.latencies_ms.append(item.latency_ms)
+            self._speech_stopped_at = None
 
     def _on_audio_done(self, event: dict[str, Any], now: float) -> None:
         item = self.items.get(str(event.get("item_id") or ""))
@@ -685,8 +711,24 @@ class CallBridge:
                     ended_ms=item.ended_ms,
                     interrupted=item.truncated,
                     heard_ms=item.heard_ms,
+                    latency_ms=item.latency_ms,
                 )
             )
+        )
+
+    def summary(self, end: EndCall) -> CallSummary:
+        usage = dict(self.usage)
+        if self.transcription_usage:
+            usage["transcription"] = self.transcription_usage
+        return CallSummary(
+            reason=end.reason,
+            error=end.error,
+            usage=usage,
+            transferred_to=self.transferred_to,
+            reconnects=self.reconnects,
+            interruptions=self.interruptions,
+            first_audio_ms=self.first_audio_ms,
+            latencies_ms=tuple(self.latencies_ms),
         )
 
     def finish(self, now: float) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -27,6 +27,7 @@ class TurnRecord:
     interrupted: bool = False
     heard_ms: int | None = None
     kind: str = "speech"  # "speech" | "dtmf"
+    latency_ms: int | None = None  # agent turns: caller's end of speech -> first audio sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,22 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentAudio:
+    """Agent audio sent to Twilio, for the recording: ``starts`` is when it should begin
+    playing (monotonic seconds)."""
+
+    payload: str
+    starts: float
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCut:
+    """A barge-in cleared Twilio's buffer: agent audio planned after ``at`` was not heard."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RecycleSession:
     """Replace the OpenAI session now (a quiet moment before its 60-minute limit)."""
 
@@ -95,3 +112,17 @@ Action = (
     | RecordError
     | EndCall
 )
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """What the call record keeps of a finished call."""
+
+    reason: str
+    error: str = ""
+    usage: dict[str, Any] = field(default_factory=dict)
+    transferred_to: str = ""
+    reconnects: int = 0
+    interruptions: int = 0
+    first_audio_ms: int | None = None
+    latencies_ms: tuple[int, ...] = ()

@@ -10,6 +10,7 @@ turns are written to the database by a writer task, never in the audio path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -22,9 +23,12 @@ from django.conf import settings
 from django.db import DatabaseError
 from websockets.exceptions import InvalidStatus
 
-from calls import realtime, services, tools, twilio_media, twilio_rest, twiml
+from calls import live, realtime, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
 from calls.bridge_actions import (
+    AgentAudio,
+    AgentCut,
+    CallSummary,
     EndCall,
     RecordError,
     RecycleSession,
@@ -37,6 +41,7 @@ from calls.bridge_actions import (
     Transfer,
 )
 from calls.models import EndedReason
+from calls.recording import Mixer, WavFile
 from calls.signatures import websocket_signature_valid
 
 logger = logging.getLogger(__name__)
@@ -89,6 +94,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.ticker: asyncio.Task[None] | None = None
         self.openai_ws: Any = None
         self.recycling = False
+        self.mixer: Mixer | None = None
+        self.wav: WavFile | None = None
+        self.in_call_group = False
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
         self.finishing: asyncio.Task[None] | None = None
         signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
@@ -120,6 +128,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if getattr(event, "stream_sid", self.bridge.stream_sid) not in ("", self.bridge.stream_sid):
             self._bad_frame("streamSid of another stream")
             return
+        if self.mixer is not None and isinstance(event, twilio_media.Media):
+            self.mixer.caller(event.payload, event.timestamp_ms)
         try:
             self.bridge.on_twilio(event, time.monotonic())
         except Exception:
@@ -172,14 +182,63 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         )
         now = time.monotonic()
         self.bridge = CallBridge(agent, stream_sid=start.stream_sid, call_sid=self.call_sid, now=now)
+        if agent.record:
+            await self._start_recording(now)
         for media in self.early:
+            if self.mixer is not None:
+                self.mixer.caller(media.payload, media.timestamp_ms)
             self.bridge.on_twilio(media, now)
         self.early.clear()
+        await self._join_call_group(call)
         logger.info("call %s: stream %s started (model %s)", self.call_sid, start.stream_sid, agent.model)
         self.reader = asyncio.create_task(self._run_openai(agent))
         self.writer = asyncio.create_task(self._write_database())
         self.ticker = asyncio.create_task(self._tick())
         await self._perform()
+
+    async def _start_recording(self, now: float) -> None:
+        assert self.bridge is not None
+        path = settings.RECORDING_WORK_DIR / f"{self.call_sid}.wav"
+        try:
+            self.wav = await _db(WavFile)(path)
+        except OSError as exc:  # a full disk costs the recording, never the call
+            logger.error("call %s: cannot record (%s)", self.call_sid, exc)
+            return
+        self.mixer = Mixer(started_at=now)
+        self.bridge.record_audio = True
+
+    async def _join_call_group(self, call: Any) -> None:
+        """Be reachable by the live page's hang-up from any worker, and announce the call."""
+        if self.channel_layer is None:
+            return
+        try:
+            await self.channel_layer.group_add(live.call_group(self.call_sid), self.channel_name)
+            self.in_call_group = True
+        except Exception:
+            logger.warning(
+                "call %s: channel layer unavailable; no live monitoring", self.call_sid, exc_info=True
+            )
+            return
+        self._side_task(
+            live.publish(
+                {
+                    "kind": "call_started",
+                    "call_sid": self.call_sid,
+                    "from": call.from_number,
+                    "to": call.to_number,
+                    "agent": self.tool_context.agent_name,
+                    "direction": call.direction,
+                    "started_at": call.started_at.isoformat() if call.started_at else None,
+                }
+            )
+        )
+
+    async def call_hangup(self, event: dict[str, Any]) -> None:
+        """``call.hangup`` from the live page, through the channel layer."""
+        if self.bridge is None:
+            return
+        logger.info("call %s: hung up by %s", self.call_sid, str(event.get("by", "an operator"))[:64])
+        self._request_end(EndCall(EndedReason.OPERATOR, hang_up=True))
 
     async def _perform(self) -> None:
         """Carry out what the bridge decided, without waiting on OpenAI or the database."""
@@ -189,7 +248,17 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data=action.text)
             elif isinstance(action, SendOpenAI):
                 self.to_openai.put_nowait(action.text)
-            elif isinstance(action, SaveTurn | SaveToolCall | RecordError):
+            elif isinstance(action, AgentAudio):
+                if self.mixer is not None:
+                    self.mixer.agent(action.payload, action.starts)
+            elif isinstance(action, AgentCut):
+                if self.mixer is not None:
+                    self.mixer.cut_agent(action.at)
+            elif isinstance(action, SaveTurn):
+                self.to_database.put_nowait(action)
+                if self.in_call_group:
+                    self._side_task(live.publish(_turn_event(self.call_sid, action)))
+            elif isinstance(action, SaveToolCall | RecordError):
                 self.to_database.put_nowait(action)
             elif isinstance(action, RunTool):
                 self._side_task(self._run_tool(action))
@@ -215,8 +284,21 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(TICK_SECONDS)
             assert self.bridge is not None
-            self.bridge.on_tick(time.monotonic())
+            now = time.monotonic()
+            self.bridge.on_tick(now)
             await self._perform()
+            if self.mixer is not None and self.wav is not None:
+                pcm = self.mixer.take(now)
+                if pcm:
+                    await self._record(pcm)
+
+    async def _record(self, pcm: bytes) -> None:
+        assert self.wav is not None
+        try:
+            await _db(self.wav.append)(pcm)  # file I/O in a worker thread, off the audio loop
+        except OSError as exc:
+            logger.error("call %s: recording stopped (%s)", self.call_sid, exc)
+            self.mixer = None
 
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await tools.run_tool(action.name, action.arguments, self.tool_context)
@@ -376,25 +458,41 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.to_database.put_nowait(None)
         if self.writer is not None:
             await asyncio.gather(self.writer, return_exceptions=True)
-        usage = dict(bridge.usage) if bridge else {}
-        if bridge and bridge.transcription_usage:
-            usage["transcription"] = bridge.transcription_usage
+        await self._finish_recording()
+        summary = bridge.summary(end) if bridge else CallSummary(end.reason, end.error)
         try:
-            await _db(services.call_finalize)(
-                call_sid=self.call_sid,
-                reason=end.reason,
-                error=end.error,
-                usage=usage,
-                transferred_to=bridge.transferred_to if bridge else "",
-                reconnects=bridge.reconnects if bridge else 0,
-            )
+            await _db(services.call_finalize)(call_sid=self.call_sid, summary=summary)
         except DatabaseError as exc:
             logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)
+        if self.in_call_group:
+            await live.publish(
+                {"kind": "call_ended", "call_sid": self.call_sid, "reason": end.reason, "error": end.error}
+            )
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(live.call_group(self.call_sid), self.channel_name)
         if end.hang_up:
             await self._hang_up()
         if not self.twilio_closed:
             # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
             await self.close(code=CLOSE_CALL_FAILED if end.reason == EndedReason.ERROR else 1000)
+
+    async def _finish_recording(self) -> None:
+        """Write what is left, close the file and hand it to the storage backend."""
+        wav, mixer = self.wav, self.mixer
+        if wav is None:
+            return
+        self.wav = self.mixer = None
+        try:
+            if mixer is not None:
+                await _db(wav.append)(mixer.take_all())
+            await _db(wav.close)()
+            await _db(services.call_save_recording)(call_sid=self.call_sid, path=wav.path)
+            await _db(wav.path.unlink)()
+        except (OSError, DatabaseError) as exc:
+            # The partial file stays on disk (its header keeps it playable) for recovery.
+            logger.error(
+                "call %s: could not store the recording (%s); kept at %s", self.call_sid, exc, wav.path
+            )
 
     async def _hang_up(self) -> None:
         """Complete the call through Twilio's REST API: authoritative, unlike a socket close."""
@@ -419,3 +517,19 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             self._request_end(EndCall(EndedReason.CALLER_HUNG_UP))
         assert self.finishing is not None
         await self.finishing
+
+
+def _turn_event(call_sid: str, action: SaveTurn) -> dict[str, Any]:
+    turn = action.turn
+    return {
+        "kind": "turn",
+        "call_sid": call_sid,
+        "position": turn.position,
+        "role": turn.role,
+        "kind_of_turn": turn.kind,
+        "text": turn.text,
+        "started_ms": turn.started_ms,
+        "interrupted": turn.interrupted,
+        "heard_ms": turn.heard_ms,
+        "latency_ms": turn.latency_ms,
+    }

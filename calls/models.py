@@ -127,6 +127,9 @@ class Agent(models.Model):
     voicemail_message = models.TextField(
         blank=True, help_text="Read to an answering machine when the policy is to leave a message."
     )
+    record_calls = models.BooleanField(
+        default=True, help_text="Keep a stereo recording (caller left, agent right) of each call."
+    )
     unavailable_message = models.CharField(
         max_length=300,
         default="Sorry, our assistant is not available right now. Please call again later. Goodbye.",
@@ -225,6 +228,19 @@ class Call(models.Model):
     ended_reason = models.CharField(max_length=32, choices=EndedReason.choices, blank=True)
     error = models.TextField(blank=True, help_text="Last error seen on this call.")
     answered_by = models.CharField(max_length=32, blank=True, help_text="Answering-machine detection result.")
+    recording = models.FileField(upload_to="recordings/%Y/%m/", blank=True)
+    interruptions = models.PositiveIntegerField(default=0, help_text="Times the caller cut the agent off.")
+    first_audio_ms = models.PositiveIntegerField(
+        "time to first audio (ms)",
+        null=True,
+        blank=True,
+        help_text="Stream start to the agent's first audio.",
+    )
+    latency_p50_ms = models.PositiveIntegerField("response latency p50 (ms)", null=True, blank=True)
+    latency_p95_ms = models.PositiveIntegerField("response latency p95 (ms)", null=True, blank=True)
+    cost_usd = models.DecimalField(
+        "estimated cost (USD)", max_digits=10, decimal_places=4, null=True, blank=True
+    )
     openai_reconnects = models.PositiveIntegerField(
         default=0, help_text="Times the OpenAI session dropped and was reconnected during the call."
     )
@@ -273,6 +289,12 @@ class Turn(models.Model):
     interrupted = models.BooleanField(default=False)
     heard_ms = models.PositiveIntegerField(
         null=True, blank=True, help_text="Interrupted agent turns: how much the caller heard."
+    )
+    latency_ms = models.PositiveIntegerField(
+        "response latency (ms)",
+        null=True,
+        blank=True,
+        help_text="Agent turns: from the caller's end of speech to the first agent audio sent.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -38,6 +38,7 @@ class AgentConfig:
     max_silence_prompts: int = 2
     # OpenAI ends a session after 60 minutes: replace it (quietly) before that.
     session_max_seconds: float = 55 * 60
+    record: bool = False  # keep a recording of the call
 
     @property
     def tool_names(self) -> set[str]:

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+from channels.auth import AuthMiddlewareStack
+from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import re_path
 
-from calls import consumers
+from calls import consumers, live_page
 
 websocket_urlpatterns = [
-    # Twilio may or may not append a slash; accept both.
+    # Twilio may or may not append a slash; accept both. Authenticated by Twilio's signature
+    # and a single-use token, never by a session: no auth middleware on this route.
     re_path(r"^media-stream/?$", consumers.MediaStreamConsumer.as_asgi()),
+    # Staff browsers, authenticated by their Django session. The Origin check stops another
+    # site from opening this socket with a signed-in staff member's cookie.
+    re_path(
+        r"^ws/live/?$",
+        AllowedHostsOriginValidator(AuthMiddlewareStack(live_page.LiveCallsConsumer.as_asgi())),
+    ),
 ]

@@ -8,19 +8,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 from django.conf import settings
+from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls import maintenance, tools, twilio_rest, twiml
-from calls.bridge_actions import ToolCallRecord, TurnRecord
+from calls import maintenance, pricing, tools, twilio_rest, twiml
+from calls.bridge_actions import CallSummary, ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
     Agent,
@@ -254,6 +257,7 @@ def agent_config(call: Call) -> AgentConfig:
         idle_timeout_seconds=agent.idle_timeout_seconds if agent.turn_detection == "server_vad" else 0,
         max_silence_prompts=agent.max_silence_prompts,
         session_max_seconds=settings.OPENAI_SESSION_MAX_SECONDS,
+        record=agent.record_calls,
     )
 
 
@@ -289,6 +293,7 @@ def turn_record(*, call_sid: str, turn: TurnRecord) -> None:
             "interrupted": turn.interrupted,
             "heard_ms": turn.heard_ms,
             "kind": turn.kind,
+            "latency_ms": turn.latency_ms,
         },
     )
 
@@ -317,38 +322,51 @@ def call_record_error(*, call_sid: str, message: str) -> None:
     Call.objects.filter(call_sid=call_sid).update(error=message[:2000])
 
 
-def call_finalize(
-    *,
-    call_sid: str,
-    reason: str,
-    error: str = "",
-    usage: dict | None = None,
-    transferred_to: str = "",
-    reconnects: int = 0,
-) -> None:
+def percentile(values: list[int] | tuple[int, ...], fraction: float) -> int | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def call_finalize(*, call_sid: str, summary: CallSummary) -> None:
     """Close the record of a call however it ended; what Twilio reported already is kept."""
     with transaction.atomic():
-        call = Call.objects.select_for_update().filter(call_sid=call_sid).first()
+        call = (
+            Call.objects.select_for_update(of=("self",))
+            .select_related("agent")
+            .filter(call_sid=call_sid)
+            .first()
+        )
         if call is None:
             return
         now = timezone.now()
         call.ended_at = call.ended_at or now
         if not call.ended_reason:
-            call.ended_reason = reason
-        if error:
-            call.error = error[:2000]
+            call.ended_reason = summary.reason
+        if summary.error:
+            call.error = summary.error[:2000]
         if call.duration_seconds is None:
             began = call.answered_at or call.started_at or call.created_at
             call.duration_seconds = max(0, int((call.ended_at - began).total_seconds()))
         if call.status not in TERMINAL_STATUSES:
             call.status = CallStatus.COMPLETED
-        if usage:
-            call.usage = usage
-        if transferred_to:
-            call.transferred_to = transferred_to[:64]
-        call.openai_reconnects = reconnects
+        if summary.usage:
+            call.usage = summary.usage
+            transcription_model = call.agent.transcription_model if call.agent else ""
+            call.cost_usd = pricing.estimate_cost(call.model, summary.usage, transcription_model)
+        if summary.transferred_to:
+            call.transferred_to = summary.transferred_to[:64]
+        call.openai_reconnects = summary.reconnects
+        call.interruptions = summary.interruptions
+        call.first_audio_ms = summary.first_audio_ms
+        call.latency_p50_ms = percentile(summary.latencies_ms, 0.5)
+        call.latency_p95_ms = percentile(summary.latencies_ms, 0.95)
         call.save()
-    logger.info("call %s: ended (%s)%s", call_sid, call.ended_reason, f": {error}" if error else "")
+    logger.info(
+        "call %s: ended (%s)%s", call_sid, call.ended_reason, f": {summary.error}" if summary.error else ""
+    )
 
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -429,3 +447,13 @@ def call_apology(*, call_sid: str) -> str:
     if call.agent is not None:
         return call.agent.unavailable_message
     return "Sorry, we cannot take your call right now. Please call again later. Goodbye."
+
+
+def call_save_recording(*, call_sid: str, path: Path) -> None:
+    """Store a finished recording through the default storage (local media, S3, ...)."""
+    call = Call.objects.filter(call_sid=call_sid).first()
+    if call is None:
+        return
+    with path.open("rb") as handle:
+        call.recording.save(f"{call_sid}.wav", File(handle), save=False)
+    Call.objects.filter(pk=call.pk).update(recording=call.recording.name)

@@ -105,7 +105,12 @@ def fake_twilio_rest():
     fake.stop()
 
 
-def server_environment(fake_openai, fake_twilio_rest) -> dict[str, str]:
+@pytest.fixture(scope="session")
+def media_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("media")
+
+
+def server_environment(fake_openai, fake_twilio_rest, media_root) -> dict[str, str]:
     from django.db import connection
 
     from tests.live import database_url
@@ -121,22 +126,24 @@ def server_environment(fake_openai, fake_twilio_rest) -> dict[str, str]:
         "DEBUG": "false",
         "SECRET_KEY": "e2e-secret-key-not-for-production",
         "LOG_LEVEL": "INFO",
+        "MEDIA_ROOT": str(media_root),
     }
 
 
 @pytest.fixture(scope="session")
-def server_process(django_db_setup, fake_openai, fake_twilio_rest, tmp_path_factory):
+def server_process(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp_path_factory):
     from tests.live import start_daphne
 
     server = start_daphne(
-        server_environment(fake_openai, fake_twilio_rest), tmp_path_factory.mktemp("logs") / "daphne.log"
+        server_environment(fake_openai, fake_twilio_rest, media_root),
+        tmp_path_factory.mktemp("logs") / "daphne.log",
     )
     yield server
     server.stop()
 
 
 @pytest.fixture
-def start_server(django_db_setup, fake_openai, fake_twilio_rest, tmp_path, settings):
+def start_server(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp_path, settings):
     """Start another server on the test database with some settings changed (a broken OpenAI
     URL, a short session limit); it is stopped after the test."""
     from tests.live import start_daphne
@@ -144,7 +151,7 @@ def start_server(django_db_setup, fake_openai, fake_twilio_rest, tmp_path, setti
     started = []
 
     def start(**overrides: str):
-        env = server_environment(fake_openai, fake_twilio_rest) | overrides
+        env = server_environment(fake_openai, fake_twilio_rest, media_root) | overrides
         server = start_daphne(env, tmp_path / f"daphne-{len(started)}.log")
         started.append(server)
         settings.PUBLIC_BASE_URL = server.url
@@ -156,7 +163,7 @@ def start_server(django_db_setup, fake_openai, fake_twilio_rest, tmp_path, setti
 
 
 @pytest.fixture
-def live(server_process, transactional_db, fake_openai, fake_twilio_rest, settings):
+def live(server_process, transactional_db, fake_openai, fake_twilio_rest, media_root, settings):
     """A running server with a clean database and the default agent (no greeting). The test
     process is configured like the server, so services called here reach the same fakes."""
     from calls.models import Agent
@@ -176,6 +183,7 @@ def live(server_process, transactional_db, fake_openai, fake_twilio_rest, settin
     settings.PUBLIC_BASE_URL = server_process.url
     settings.TWILIO_API_BASE_URL = fake_twilio_rest.url
     settings.TWILIO_ACCOUNT_SID = ACCOUNT_SID
+    settings.MEDIA_ROOT = media_root
     yield server_process
     if server_process.process.poll() is not None:
         pytest.fail(f"the server died:\n{server_process.log()}")

@@ -21,8 +21,9 @@ from calls.routing import websocket_urlpatterns  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # No AllowedHostsOriginValidator: Twilio may send no Origin header; media
+        # No AllowedHostsOriginValidator here: Twilio may send no Origin header; media
         # sockets authenticate with Twilio's signature and a single-use token instead.
+        # The staff live page's socket has its own session and Origin checks (calls/routing.py).
         "websocket": URLRouter(websocket_urlpatterns),
     }
 )

@@ -8,6 +8,7 @@ and raises ``ImproperlyConfigured`` with the variable's name and what was expect
 
 from __future__ import annotations
 
+import json
 import os
 from urllib.parse import urlsplit
 
@@ -105,3 +106,16 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise _fail(name, value, f"one of {', '.join(choices)}")
     return value
+
+
+def env_json_object(name: str) -> dict:
+    value = _raw(name)
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise _fail(name, value, "a JSON object") from None
+    if not isinstance(parsed, dict):
+        raise _fail(name, value, "a JSON object")
+    return parsed

@@ -16,6 +16,7 @@ from voiceagent.env import (
     env_bool,
     env_database,
     env_int,
+    env_json_object,
     env_list,
     env_str,
     env_url,
@@ -88,6 +89,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves the admin's and the live page's static files from daphne itself in production.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -150,8 +153,13 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Find static files in the apps directly: no collectstatic step to forget on deploy.
+WHITENOISE_USE_FINDERS = True
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT") or BASE_DIR / "media")
+# Recordings are written here on local disk during the call, then stored with the default
+# storage backend (MEDIA_ROOT locally, S3 etc. in production) when the call ends.
+RECORDING_WORK_DIR = Path(env_str("RECORDING_WORK_DIR") or MEDIA_ROOT / "recordings" / "in-progress")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- OpenAI Realtime (GA) ---
@@ -176,6 +184,10 @@ TWILIO_API_BASE_URL = env_url(
 )
 # How long the media socket has to present the single-use token minted by the webhook.
 STREAM_TOKEN_TTL_SECONDS = env_int("STREAM_TOKEN_TTL_SECONDS", 120, minimum=5)
+
+# Price table overrides for cost estimates (calls/pricing.py has the defaults and their date):
+# {"model": {"text_in": 4, "text_cached": 0.4, "text_out": 16, "audio_in": 32, ...}} USD per 1M tokens.
+VOICE_AGENT_PRICES = env_json_object("VOICE_AGENT_PRICES_JSON")
 
 # Function tools agents may use: modules with @tool functions, or dotted paths of functions.
 VOICE_AGENT_TOOLS = env_list("VOICE_AGENT_TOOLS", ["calls.example_tools"])

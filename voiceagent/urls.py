@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
-from calls import views
+from calls import live_page, views
 
 admin.site.site_header = "Voice agent"
 admin.site.site_title = "Voice agent"
@@ -15,5 +15,7 @@ urlpatterns = [
     path("stream-status", views.stream_status, name="stream-status"),
     path("amd-status", views.amd_status, name="amd-status"),
     path("stream-ended", views.stream_ended, name="stream-ended"),
+    # Staff only (admin_view: login redirect); its socket is /ws/live (calls/routing.py).
+    path("admin/live/", admin.site.admin_view(live_page.live_calls), name="live-calls"),
     path("admin/", admin.site.urls),
 ]

@@ -588,7 +588,7 @@ class FakeSession:
                 item_id, end_ms - self._speech_start_ms, auto_respond=bool(td.get("create_response", True))
             )
 
-    async def _commit(self, item_id: str, audio_ms: int, auto_respond: bool) -> None:
+    async def _commit(self, item_id: str, audio_ms: int, auto_respond: bool, transcribe: bool = True) -> None:
         """Turn the buffer into a user item, maybe respond, and transcribe it late."""
         self._buffered, self._speech_item, self._silence = 0, None, 0
         item: Event = {
@@ -607,7 +607,7 @@ class FakeSession:
             {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)},
         )
         resp = self._start_response() if auto_respond and self.active is None else None
-        if self.config["audio"]["input"]["transcription"]:
+        if transcribe and self.config["audio"]["input"]["transcription"]:
             text = self._transcripts.pop(0) if self._transcripts else ""
             self._spawn(self._transcribe(item, text, audio_ms, resp))
 
@@ -717,7 +717,8 @@ class FakeSession:
                     "item_id": item_id,
                 }
             )
-            await self._commit(item_id, 0, auto_respond=True)
+            # Silence has no words: it does not use up a scripted caller transcript.
+            await self._commit(item_id, 0, auto_respond=True, transcribe=False)
 
     def _start_response(self, params: Event | None = None) -> _Response:
         self._disarm_idle_timer()

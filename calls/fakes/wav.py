@@ -27,6 +27,9 @@ from calls.fakes import mulaw
 LINE_RATE = 8000  # Hz: Twilio Media Streams, audio/x-mulaw
 
 _PCM, _FLOAT, _ALAW, _ULAW, _EXTENSIBLE = 0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE
+_SUPPORTED = frozenset(
+    {(_PCM, 8), (_PCM, 16), (_PCM, 24), (_PCM, 32), (_FLOAT, 32), (_FLOAT, 64), (_ALAW, 8), (_ULAW, 8)}
+)
 _ZERO_CROSSINGS = 8  # of the sinc kernel on each side: quality versus pure-Python speed
 _PHASES = 256  # fractional positions the kernel is tabulated at
 _PASSBAND = 0.9  # cutoff as a fraction of the lower Nyquist frequency (room for the transition)
@@ -60,7 +63,9 @@ def parse_wav(data: bytes) -> tuple[int, list[list[int]]]:
     tag, channels, rate, _, block_align, bits = struct.unpack_from("<HHIIHH", fmt)
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack_from("<H", fmt, 24)[0]  # the first two bytes of the sub-format GUID
-    if channels < 1 or rate < 1 or block_align != channels * ((bits + 7) // 8):
+    if (tag, bits) not in _SUPPORTED:
+        raise WavError(f"unsupported WAV encoding (format tag {tag:#06x}, {bits} bits)")
+    if channels < 1 or rate < 1 or block_align != channels * bits // 8:
         raise WavError(f"inconsistent fmt chunk ({channels} channels, {rate} Hz, {bits} bits)")
     body = body[: len(body) - len(body) % block_align]
     samples = _decode(body, tag, bits)
@@ -68,21 +73,19 @@ def parse_wav(data: bytes) -> tuple[int, list[list[int]]]:
 
 
 def _decode(body: bytes, tag: int, bits: int) -> list[int]:
-    if tag == _ULAW and bits == 8:
+    if tag == _ULAW:
         return mulaw.decode(body, mulaw.ULAW)
-    if tag == _ALAW and bits == 8:
+    if tag == _ALAW:
         return mulaw.decode(body, mulaw.ALAW)
-    if tag == _PCM and bits == 8:  # 8-bit WAV is unsigned, centred on 128
-        return [(b - 128) << 8 for b in body]
-    if tag == _PCM and bits == 16:
-        return list(_native(array("h"), body))
-    if tag == _PCM and bits == 24:
-        return [int.from_bytes(body[i : i + 3], "little", signed=True) >> 8 for i in range(0, len(body), 3)]
-    if tag == _PCM and bits == 32:
-        return [s >> 16 for s in _native(array("i"), body)]
-    if tag == _FLOAT and bits in (32, 64):
+    if tag == _FLOAT:
         return [_clip(round(x * 32767)) for x in _native(array("f" if bits == 32 else "d"), body)]
-    raise WavError(f"unsupported WAV encoding (format tag {tag:#06x}, {bits} bits)")
+    if bits == 8:  # 8-bit PCM is unsigned, centred on 128
+        return [(b - 128) << 8 for b in body]
+    if bits == 16:
+        return list(_native(array("h"), body))
+    if bits == 24:
+        return [int.from_bytes(body[i : i + 3], "little", signed=True) >> 8 for i in range(0, len(body), 3)]
+    return [s >> 16 for s in _native(array("i"), body)]
 
 
 def _native(values: array, body: bytes) -> array:  # type: ignore[type-arg]

@@ -1,0 +1,90 @@
+"""Estimated cost of a call from its token usage.
+
+Prices are USD per 1M tokens, as published by OpenAI for the Realtime models (see
+``shared/protocols/openai-realtime.md`` §7), read on ``PRICES_AS_OF``. Override or extend
+them with the ``VOICE_AGENT_PRICES`` setting (same shape; env ``VOICE_AGENT_PRICES_JSON``).
+An estimate: the invoice is the truth.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+PRICES_AS_OF = "2026-11-24"
+
+_FULL = {
+    "text_in": 4,
+    "text_cached": 0.4,
+    "text_out": 16,
+    "audio_in": 32,
+    "audio_cached": 0.4,
+    "audio_out": 64,
+}
+_V2 = {**_FULL, "text_out": 24}
+_MINI = {
+    "text_in": 0.6,
+    "text_cached": 0.06,
+    "text_out": 2.4,
+    "audio_in": 10,
+    "audio_cached": 0.3,
+    "audio_out": 20,
+}
+
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    "gpt-realtime": _FULL,
+    "gpt-realtime-2025-08-28": _FULL,
+    "gpt-realtime-1.5": _FULL,
+    "gpt-realtime-2": _V2,
+    "gpt-realtime-2.1": _V2,
+    "gpt-realtime-2.1-mini": _MINI,
+    "gpt-realtime-mini": _MINI,  # output and audio prices UNCONFIRMED; assumed as 2.1-mini
+}
+# Caller transcription is billed per minute of audio when usage comes as {"type": "duration"}.
+TRANSCRIPTION_PER_MINUTE: dict[str, float] = {
+    "gpt-realtime-whisper": 0.017,
+    "whisper-1": 0.006,
+    "gpt-4o-transcribe": 0.006,
+    "gpt-4o-mini-transcribe": 0.003,
+}
+
+
+def prices_for(model: str) -> dict[str, float] | None:
+    table = {**DEFAULT_PRICES, **getattr(settings, "VOICE_AGENT_PRICES", {})}
+    if model in table:
+        return table[model]
+    # Dated snapshots cost what their family costs: gpt-realtime-2.1-2026-10-01 -> gpt-realtime-2.1.
+    family = max((name for name in table if model.startswith(name + "-")), key=len, default=None)
+    return table[family] if family else None
+
+
+def _get(usage: dict[str, Any], *path: str) -> int:
+    value: Any = usage
+    for key in path:
+        value = value.get(key, 0) if isinstance(value, dict) else 0
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def estimate_cost(model: str, usage: dict[str, Any], transcription_model: str = "") -> Decimal | None:
+    """USD for a call's summed usage; None when the model has no known price."""
+    prices = prices_for(model)
+    if prices is None or not usage:
+        return None
+    cached_text = _get(usage, "input_token_details", "cached_tokens_details", "text_tokens")
+    cached_audio = _get(usage, "input_token_details", "cached_tokens_details", "audio_tokens")
+    per_million = (
+        (_get(usage, "input_token_details", "text_tokens") - cached_text) * prices["text_in"]
+        + cached_text * prices["text_cached"]
+        + (_get(usage, "input_token_details", "audio_tokens") - cached_audio) * prices["audio_in"]
+        + cached_audio * prices["audio_cached"]
+        + _get(usage, "output_token_details", "text_tokens") * prices["text_out"]
+        + _get(usage, "output_token_details", "audio_tokens") * prices["audio_out"]
+    )
+    cost = Decimal(str(per_million)) / Decimal(1_000_000)
+    transcription = usage.get("transcription")
+    if isinstance(transcription, dict) and transcription_model in TRANSCRIPTION_PER_MINUTE:
+        seconds = Decimal(str(transcription.get("seconds", 0) or 0))
+        cost += seconds / 60 * Decimal(str(TRANSCRIPTION_PER_MINUTE[transcription_model]))
+    return cost.quantize(Decimal("0.0001"))

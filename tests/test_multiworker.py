@@ -1,0 +1,144 @@
+"""The production shape: two server processes sharing PostgreSQL and a Redis channel layer.
+
+A call's webhook and its media socket may land on different workers; the live monitor and
+its hang-up reach a call whichever worker holds it. Runs against the real PostgreSQL and
+Redis on 127.0.0.1 (`.ci/run` starts them); without them this test fails, it never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from channels_redis.core import RedisChannelLayer
+
+from calls import live
+from calls.fakes.openai_realtime import Reply, Script
+from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, OPENAI_KEY
+from tests.live import ROOT, LiveServer, start_daphne
+
+pytestmark = pytest.mark.e2e
+
+POSTGRES = "postgres://postgres@127.0.0.1:5432"
+REDIS = "redis://127.0.0.1:6379/7"
+PUBLIC = "https://voice.example.test"  # what Twilio sees: the proxy in front of both workers
+
+
+@pytest.fixture(scope="module")
+def shared_database() -> Iterator[str]:
+    name = f"voiceagent_workers_{secrets.token_hex(4)}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{POSTGRES}/{name}"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
+        cwd=ROOT,
+        env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    yield url
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def workers(shared_database, fake_openai, fake_twilio_rest, tmp_path_factory) -> Iterator[list[LiveServer]]:
+    env = {
+        "DATABASE_URL": shared_database,
+        "REDIS_URL": REDIS,
+        "PUBLIC_BASE_URL": PUBLIC,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_API_BASE_URL": fake_twilio_rest.url,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_REALTIME_URL": fake_openai.url,
+        "DEBUG": "false",
+        "SECRET_KEY": "multi-worker-test",
+        "MEDIA_ROOT": str(tmp_path_factory.mktemp("media")),
+    }
+    logs = tmp_path_factory.mktemp("workers")
+    servers = [start_daphne(env, logs / f"worker-{n}.log") for n in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def query(database: str, sql: str, *params: object) -> list[tuple]:
+    with psycopg.connect(database) as connection:
+        cursor = connection.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def test_calls_across_workers_are_monitored_and_hung_up_through_redis(
+    shared_database, workers, loop, fake_openai
+):
+    worker_a, worker_b = workers
+    greeting = Reply(transcript="Hello from the shared agent.")
+    query(shared_database, "UPDATE calls_agent SET greeting = %s, tools = '[]'", greeting.transcript)
+    fake_openai.set_script(lambda: Script(replies=[Reply(transcript=greeting.transcript)]))
+
+    def caller(webhook_on: LiveServer) -> SimulatedCaller:
+        return SimulatedCaller(
+            CallerConfig(base_url=webhook_on.url, public_base_url=PUBLIC, auth_token=AUTH_TOKEN)
+        )
+
+    async def scenario():
+        layer = RedisChannelLayer(hosts=[REDIS])
+        monitor = await layer.new_channel()
+        await layer.group_add(live.LIVE_GROUP, monitor)
+        first, second = caller(worker_a), caller(worker_a)
+        for call, stream_on in ((first, worker_a), (second, worker_b)):
+            assert (await call.post_webhook()).status == 200  # both webhooks on worker A...
+            call.config.base_url = stream_on.url  # ...the second socket lands on worker B
+            await call.connect_stream()
+        for call in (first, second):
+            await call.wait_heard(len(greeting.render_audio()))
+        events: list[dict] = []
+
+        async def until(predicate):
+            while not any(predicate(e) for e in events):
+                message = await asyncio.wait_for(layer.receive(monitor), timeout=10)
+                events.append(message["event"])
+
+        for call in (first, second):
+            await until(lambda e, sid=call.call_sid: e["kind"] == "turn" and e["call_sid"] == sid)
+        # An operator on worker A's live page hangs up the call that worker B holds.
+        await live_hang_up(layer, second.call_sid)
+        code = await second.wait_closed_by_server(timeout=10)
+        await until(lambda e: e["kind"] == "call_ended" and e["call_sid"] == second.call_sid)
+        assert not first.closed_by_server  # the other call is untouched
+        await first.hang_up()
+        await until(lambda e: e["kind"] == "call_ended" and e["call_sid"] == first.call_sid)
+        for call in (first, second):
+            await call.aclose()
+        await layer.flush()
+        return first, second, code, events
+
+    first, second, code, events = loop.run(scenario(), timeout=90)
+    assert code == 1000
+    started = {e["call_sid"] for e in events if e["kind"] == "call_started"}
+    assert started == {first.call_sid, second.call_sid}
+    rows = dict(
+        query(
+            shared_database,
+            "SELECT call_sid, ended_reason FROM calls_call WHERE call_sid IN (%s, %s)",
+            first.call_sid,
+            second.call_sid,
+        )
+    )
+    assert rows == {first.call_sid: "caller_hung_up", second.call_sid: "operator_hung_up"}
+    turns = query(shared_database, "SELECT count(*) FROM calls_turn")
+    assert turns[0][0] == 2
+    assert "Traceback" not in worker_a.log() + worker_b.log()
+
+
+async def live_hang_up(layer: RedisChannelLayer, call_sid: str) -> None:
+    """What ``calls.live.request_hang_up`` sends, through this test's own Redis layer."""
+    await layer.group_send(live.call_group(call_sid), {"type": "call.hangup", "by": "operator"})
