@@ -1,9 +1,12 @@
-# Two commands: `make run` starts the product, `make test` runs the whole suite.
+# The two commands: `make run` starts the product, `make test` runs the whole suite.
+# (`make demo` places one offline simulated call; `make test-fast` is SQLite only.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The suite runs twice: on the embedded SQLite, then on the PostgreSQL server of this machine.
+POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/voiceagent
 
-.PHONY: run test lint
+.PHONY: run test test-fast lint
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +25,10 @@ run: $(VENV)/.run-deps
 	$(BIN)/python manage.py close_stale_calls --all
 	$(BIN)/python manage.py runserver 0.0.0.0:8000
 
-test: $(VENV)/.test-deps
+test: test-fast
+	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -p no:cacheprovider
+
+test-fast: $(VENV)/.test-deps
 	@# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/ruff check .

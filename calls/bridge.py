@@ -716,6 +716,15 @@ class CallBridge:
             )
         )
 
+    @property
+    def awaiting_transcripts(self) -> bool:
+        """Caller speech was committed whose transcription has not arrived yet."""
+        if not self.agent.transcription_model:
+            return False
+        return any(
+            i.role == "caller" and not i.saved and i.started_ms is not None for i in self.items.values()
+        )
+
     def summary(self, end: EndCall) -> CallSummary:
         usage = dict(self.usage)
         if self.transcription_usage:

@@ -20,7 +20,7 @@ import websockets
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError, IntegrityError
 from websockets.exceptions import InvalidStatus
 
 from calls import live, realtime, services, tools, twilio_media, twilio_rest, twiml
@@ -55,6 +55,11 @@ CLOSE_CALL_FAILED = 4500
 START_TIMEOUT = 5.0
 OPENAI_CONNECT_TIMEOUT = 10.0
 MAX_EARLY_FRAMES = 500
+# Before ``start`` the socket is only signature-checked (and that signature is the same for
+# every call): keep real-sized frames only, so early buffering stays bounded (~150 KB).
+MAX_EARLY_PAYLOAD_CHARS = 1024
+# After ``stop``, how long to wait for transcriptions of what the caller said last.
+TRANSCRIPT_GRACE_SECONDS = 2.0
 LOGGED_BAD_FRAMES = 5
 DB_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
 TICK_SECONDS = 0.25
@@ -97,12 +102,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.mixer: Mixer | None = None
         self.wav: WavFile | None = None
         self.in_call_group = False
+        self.transcripts_settled = asyncio.Event()
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
         self.finishing: asyncio.Task[None] | None = None
-        signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
-        if settings.TWILIO_VALIDATE_SIGNATURES and not websocket_signature_valid(
-            self.scope["path"], signature
-        ):
+        if not await self._handshake_allowed():
             logger.warning(
                 "Refused media socket %s: missing or invalid x-twilio-signature", self.scope["path"]
             )
@@ -110,6 +113,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         await self.accept()
         self.start_timer = asyncio.get_running_loop().call_later(START_TIMEOUT, self._start_timed_out)
+
+    async def _handshake_allowed(self) -> bool:
+        """Twilio signs the upgrade; the web phone overrides this with the Django session."""
+        if not settings.TWILIO_VALIDATE_SIGNATURES:
+            return True
+        signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
+        return websocket_signature_valid(self.scope["path"], signature)
 
     def _start_timed_out(self) -> None:
         if self.bridge is None and self.finishing is None:
@@ -121,6 +131,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             event = twilio_media.parse_frame(text_data if text_data is not None else bytes_data)
         except twilio_media.TwilioFrameError as exc:
             self._bad_frame(str(exc))
+            return
+        except Exception as exc:  # a parser bug must cost one frame, never the call
+            logger.exception("call %s: unexpected error parsing a Twilio frame", self.call_sid)
+            self._bad_frame(type(exc).__name__)
             return
         if self.bridge is None:
             await self._before_start(event)
@@ -145,7 +159,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def _before_start(self, event: twilio_media.TwilioEvent) -> None:
         if isinstance(event, twilio_media.Start):
             await self._start(event)
-        elif isinstance(event, twilio_media.Media) and len(self.early) < MAX_EARLY_FRAMES:
+        elif (
+            isinstance(event, twilio_media.Media)
+            and len(self.early) < MAX_EARLY_FRAMES
+            and len(event.payload) <= MAX_EARLY_PAYLOAD_CHARS
+        ):
             self.early.append(event)  # some deployments see media before start; keep it
         elif isinstance(event, twilio_media.Stop):
             await self.close()
@@ -157,18 +175,29 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
     async def _start(self, start: twilio_media.Start) -> None:
         self.call_sid = start.call_sid[:64]
-        if start.custom_parameters.get(twiml.PARAM_CALL_SID) != start.call_sid:
-            await self._reject("start parameters are not for this call")
-            return
         if not twilio_media.valid_sid(start.stream_sid) or start.encoding != "audio/x-mulaw":
             await self._reject(f"unexpected stream ({start.encoding})", CLOSE_BAD_STREAM)
             return
+        call = await self._authenticate(start)
+        if call is None:
+            return
+        self.start_timer.cancel()
+        await self._begin(call, start)
+
+    async def _authenticate(self, start: twilio_media.Start) -> Any:
+        """The call this stream belongs to, proven by the webhook's single-use token; None
+        (and the socket closed) otherwise. The web phone authenticates differently."""
+        if start.custom_parameters.get(twiml.PARAM_CALL_SID) != start.call_sid:
+            await self._reject("start parameters are not for this call")
+            return None
         token = start.custom_parameters.get(twiml.PARAM_TOKEN, "")
         call = await _db(services.stream_token_redeem)(call_sid=start.call_sid, token=token)
         if call is None:
             await self._reject("missing, expired or already used stream token")
-            return
-        self.start_timer.cancel()
+        return call
+
+    async def _begin(self, call: Any, start: twilio_media.Start) -> None:
+        """An authenticated stream: set up the bridge and the relay tasks."""
         try:
             agent = await _db(services.call_stream_started)(call=call, stream_sid=start.stream_sid)
         except services.WebhookError as exc:
@@ -243,6 +272,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def _perform(self) -> None:
         """Carry out what the bridge decided, without waiting on OpenAI or the database."""
         assert self.bridge is not None
+        if not self.bridge.awaiting_transcripts:
+            self.transcripts_settled.set()
         for action in self.bridge.drain():
             if isinstance(action, SendTwilio):
                 await self.send(text_data=action.text)
@@ -433,16 +464,34 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                     else:
                         await _db(services.call_record_error)(call_sid=self.call_sid, message=action.message)
                     break
+                except (IntegrityError, DataError) as exc:
+                    # Retrying cannot fix the data itself; never log the transcript text.
+                    logger.error(
+                        "call %s: could not store a %s: %s", self.call_sid, type(action).__name__, exc
+                    )
+                    break
                 except DatabaseError as exc:
                     if delay is None:
-                        logger.error("call %s: could not store %s: %s", self.call_sid, action, exc)
+                        logger.error(
+                            "call %s: gave up storing a %s: %s", self.call_sid, type(action).__name__, exc
+                        )
                         break
                     logger.warning("call %s: database unavailable (%s); retrying", self.call_sid, exc)
                     await asyncio.sleep(delay)
+                except Exception:
+                    logger.exception("call %s: could not store a %s", self.call_sid, type(action).__name__)
+                    break
 
     async def _finish(self, end: EndCall) -> None:
         """End the call once, whichever side ended it: store the rest, close both sockets."""
         bridge = self.bridge
+        if bridge is not None and bridge.awaiting_transcripts and self.openai_ws is not None:
+            # The caller often hangs up right after speaking ("thanks, bye"): their words are
+            # still being transcribed. Give that a moment before closing the session.
+            self.transcripts_settled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TRANSCRIPT_GRACE_SECONDS):
+                    await self.transcripts_settled.wait()
         if bridge is not None:
             bridge.finish(time.monotonic())
             await self._perform()

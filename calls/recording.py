@@ -26,6 +26,9 @@ from calls.audio import BYTES_PER_SECOND
 SILENCE = b"\xff"  # mu-law zero
 # Caller frames may arrive this late (network jitter) and still be placed correctly.
 LOOK_BEHIND_SECONDS = 0.5
+# A caller frame stamped further ahead than this is not believed (memory is only spent on
+# what can be written soon).
+MAX_AHEAD_SAMPLES = 30 * BYTES_PER_SECOND
 CHANNELS = 2
 SAMPLE_WIDTH = 2
 
@@ -51,8 +54,10 @@ class Mixer:
         track[offset : offset + len(data)] = data
 
     def caller(self, payload: str, timestamp_ms: int) -> None:
-        data = base64.b64decode(payload)
-        self._place(self._caller, timestamp_ms * 8 - self.written, data)
+        offset = timestamp_ms * 8 - self.written
+        if offset > MAX_AHEAD_SAMPLES:
+            return
+        self._place(self._caller, offset, base64.b64decode(payload))
 
     def agent(self, payload: str, starts: float) -> None:
         data = base64.b64decode(payload)

@@ -19,6 +19,8 @@ _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{
 # Caps what one frame may carry; Twilio's media frames are about 300 bytes.
 MAX_FRAME_CHARS = 64 * 1024
 MARK_NAME_MAX = 64
+# Media timestamps are milliseconds since the stream started; a day is far beyond any call.
+MAX_TIMESTAMP_MS = 24 * 3600 * 1000
 
 
 class TwilioFrameError(ValueError):
@@ -85,18 +87,15 @@ def parse_frame(text: str | bytes | None) -> TwilioEvent:
         raise TwilioFrameError(f"frame of {len(text)} characters exceeds {MAX_FRAME_CHARS}")
     try:
         message = json.loads(text)
-    except ValueError:
-        raise TwilioFrameError("frame is not JSON") from None
+    except (ValueError, RecursionError):
+        raise TwilioFrameError("frame is not JSON (or nested too deeply)") from None
     event = _require(message, "event", str)
     if event == "media":
         media = _require(message, "media", dict)
         payload = _require(media, "payload", str)
         if len(payload) % 4 or not _BASE64.fullmatch(payload):  # type: ignore[arg-type]
             raise TwilioFrameError("media payload is not base64")
-        try:
-            timestamp = int(media.get("timestamp", 0))  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            raise TwilioFrameError("media timestamp is not a number") from None
+        timestamp = _timestamp(media.get("timestamp", 0))  # type: ignore[union-attr]
         return Media(payload=payload, timestamp_ms=timestamp, stream_sid=str(message.get("streamSid", "")))  # type: ignore[arg-type]
     if event == "mark":
         mark = _require(message, "mark", dict)
@@ -107,13 +106,18 @@ def parse_frame(text: str | bytes | None) -> TwilioEvent:
         if not isinstance(params, dict):
             raise TwilioFrameError("customParameters is not an object")
         media_format = start.get("mediaFormat") or {}  # type: ignore[union-attr]
+        if not isinstance(media_format, dict):
+            raise TwilioFrameError("mediaFormat is not an object")
+        sample_rate = media_format.get("sampleRate", 8000)
+        if not isinstance(sample_rate, int) or isinstance(sample_rate, bool) or not 0 < sample_rate <= 192000:
+            raise TwilioFrameError("invalid sampleRate")
         return Start(
             stream_sid=str(_require(start, "streamSid", str)),
             call_sid=str(_require(start, "callSid", str)),
             account_sid=str(start.get("accountSid", "")),  # type: ignore[union-attr]
             custom_parameters={str(k): str(v) for k, v in params.items()},
             encoding=str(media_format.get("encoding", "audio/x-mulaw")),
-            sample_rate=int(media_format.get("sampleRate", 8000) or 8000),
+            sample_rate=sample_rate,
         )
     if event == "dtmf":
         dtmf = _require(message, "dtmf", dict)
@@ -126,6 +130,19 @@ def parse_frame(text: str | bytes | None) -> TwilioEvent:
     if event == "connected":
         return Connected(protocol=str(message.get("protocol", "")))
     raise TwilioFrameError(f"unknown event {str(event)[:32]!r}")
+
+
+def _timestamp(value: object) -> int:
+    """Twilio sends a string of digits; anything else that is not a sane ms count is refused."""
+    if isinstance(value, bool):
+        raise TwilioFrameError("media timestamp is not a number")
+    try:
+        number = int(value) if isinstance(value, str | int) else None
+    except ValueError:
+        number = None
+    if number is None or not 0 <= number <= MAX_TIMESTAMP_MS:
+        raise TwilioFrameError("media timestamp is not a number of milliseconds in range")
+    return number
 
 
 def valid_sid(value: str) -> bool:

@@ -3,8 +3,8 @@ drops those and the call goes on). Any other exception escapes the consumer: dap
 "Exception inside application", closes the socket with 1011, and the call is never finalised
 while its OpenAI session stays open (see tests/test_e2e_hostile_frames.py).
 
-The xfail tests below are bugs found by tests/test_e2e_fuzz.py, one frame each; the fuzz does
-not generate them until they are fixed.
+The crashing frames below were found by tests/test_e2e_fuzz.py, one frame each; they are
+regression tests now (the consumer also drops any unexpected parser error as a bad frame).
 """
 
 from __future__ import annotations
@@ -50,9 +50,6 @@ CRASHING_FRAMES = {
 
 
 @pytest.mark.parametrize("frame", CRASHING_FRAMES.values(), ids=CRASHING_FRAMES.keys())
-@pytest.mark.xfail(
-    strict=True, reason="parse_frame lets a non-TwilioFrameError escape (see module docstring)"
-)
 def test_parser_refuses_hostile_frame_with_a_frame_error(frame):
     with pytest.raises(twilio_media.TwilioFrameError):
         twilio_media.parse_frame(frame)

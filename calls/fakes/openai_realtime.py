@@ -83,9 +83,14 @@ _SEMANTIC_SILENCE_MS = 500  # semantic_vad has no silence setting; approximate "
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
+# Our own generator: tests that reseed the global one (hypothesis does) must not make the
+# fake hand out the same ids twice.
+_ids = random.Random()
+
+
 def new_id(prefix: str) -> str:
     """Return an id shaped like the service's (``event_C9G5RJeJ2gF77mV7f2B1j``)."""
-    return f"{prefix}_" + "".join(random.choices(_ID_ALPHABET, k=21))
+    return f"{prefix}_" + "".join(_ids.choices(_ID_ALPHABET, k=21))
 
 
 def _tokens(text: str) -> int:
