@@ -1,0 +1,133 @@
+"""Crash safety: a server killed mid-call loses no completed turn, the call is closed at the
+next start; a database that is briefly away never stops the audio."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from calls.fakes.openai_realtime import Reply, Script
+from calls.models import Agent, Call, EndedReason, Role
+from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, speak
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(condition, timeout: float = 10.0):
+    """The server writes turns from its own process: the test can only watch the database."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_kill_9_mid_call_keeps_completed_turns_and_restart_closes_the_call(
+    live, loop, start_server, fake_openai
+):
+    server = start_server()
+    Agent.objects.update(greeting="Hello, Luigi's here.")
+    greeting, answer = Reply(transcript="Hello, Luigi's here."), Reply(transcript="We open at noon.")
+    fake_openai.set_script(Script(replies=[greeting, answer], caller_transcripts=["When do you open?"]))
+
+    async def talk():
+        caller = caller_for(server)
+        await dial(caller)
+        await caller.wait_heard(len(greeting.render_audio()))
+        await caller.send_audio(speak())
+        await caller.wait_heard(len(greeting.render_audio()) + len(answer.render_audio()))
+        return caller
+
+    caller = loop.run(talk())
+    wait_for(lambda: Call.objects.get().turns.count() == 3)
+    server.process.kill()  # SIGKILL: no cleanup of any kind
+    server.process.wait()
+    loop.run(caller.wait_closed_by_server(timeout=10))
+    loop.run(caller.aclose())
+
+    call = Call.objects.get()
+    assert call.ended_at is None  # nobody could finalise it
+    assert [(t.role, t.text) for t in call.turns.order_by("position")] == [
+        (Role.AGENT, greeting.transcript),
+        (Role.CALLER, "When do you open?"),
+        (Role.AGENT, answer.transcript),
+    ]
+    call_command("close_stale_calls", "--all")  # what `make run` does at start
+    call.refresh_from_db()
+    assert call.ended_reason == EndedReason.SERVER_RESTART and call.ended_at is not None
+
+
+class DatabaseOutage:
+    """Hold an exclusive lock on the turn table from another connection, like a database
+    that stops answering writes for a while."""
+
+    def __init__(self) -> None:
+        self.settings = connection.settings_dict
+        self.release = threading.Event()
+        self.locked = threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        if self.settings["ENGINE"].endswith("sqlite3"):
+            db = sqlite3.connect(self.settings["NAME"], timeout=20, isolation_level=None)
+            db.execute("BEGIN EXCLUSIVE")
+            self.locked.set()
+            self.release.wait(30)
+            db.execute("ROLLBACK")
+            db.close()
+        else:
+            user = self.settings.get("USER") or "postgres"
+            host = self.settings.get("HOST") or "127.0.0.1"
+            url = f"postgresql://{user}@{host}:{self.settings.get('PORT') or 5432}/{self.settings['NAME']}"
+            with psycopg.connect(url) as db:
+                db.execute("LOCK TABLE calls_turn IN ACCESS EXCLUSIVE MODE")
+                self.locked.set()
+                self.release.wait(30)
+
+    def __enter__(self) -> DatabaseOutage:
+        self.thread.start()
+        assert self.locked.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.thread.join(10)
+
+
+def test_audio_goes_on_while_the_database_is_away_and_turns_are_written_after(live, loop, fake_openai):
+    Agent.objects.update(greeting="Hello there.")
+    greeting = Reply(transcript="Hello there.")
+    answer = Reply(transcript="Yes, we deliver to your street.")
+    fake_openai.set_script(Script(replies=[greeting, answer], caller_transcripts=["Do you deliver?"]))
+
+    async def talk(caller):
+        await caller.send_audio(speak())
+        await caller.wait_heard(len(greeting.render_audio()) + len(answer.render_audio()), timeout=15)
+
+    async def connect(caller):
+        await dial(caller)
+        await caller.wait_heard(len(greeting.render_audio()))
+
+    caller = caller_for(live)
+    loop.run(connect(caller))
+    with DatabaseOutage():
+        started = time.monotonic()
+        loop.run(talk(caller))  # the whole exchange is heard while no turn can be written
+        talked_for = time.monotonic() - started
+    wait_for(lambda: Call.objects.get().turns.count() == 3)
+    loop.run(hang_up_and_wait(caller))
+    turns = list(Call.objects.get().turns.order_by("position").values_list("role", "text"))
+    assert turns == [
+        (Role.AGENT, greeting.transcript),
+        (Role.CALLER, "Do you deliver?"),
+        (Role.AGENT, answer.transcript),
+    ]
+    assert talked_for < 10
