@@ -288,7 +288,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             elif isinstance(action, SaveTurn):
                 self.to_database.put_nowait(action)
                 if self.in_call_group:
-                    self._side_task(live.publish(_turn_event(self.call_sid, action)))
+                    self._side_task(live.publish(live.turn_event(action.turn, self.call_sid)))
             elif isinstance(action, SaveToolCall | RecordError):
                 self.to_database.put_nowait(action)
             elif isinstance(action, RunTool):
@@ -566,19 +566,3 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             self._request_end(EndCall(EndedReason.CALLER_HUNG_UP))
         assert self.finishing is not None
         await self.finishing
-
-
-def _turn_event(call_sid: str, action: SaveTurn) -> dict[str, Any]:
-    turn = action.turn
-    return {
-        "kind": "turn",
-        "call_sid": call_sid,
-        "position": turn.position,
-        "role": turn.role,
-        "kind_of_turn": turn.kind,
-        "text": turn.text,
-        "started_ms": turn.started_ms,
-        "interrupted": turn.interrupted,
-        "heard_ms": turn.heard_ms,
-        "latency_ms": turn.latency_ms,
-    }

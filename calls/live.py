@@ -33,6 +33,22 @@ def call_group(call_sid: str) -> str:
     return "call." + _UNSAFE.sub("_", call_sid)[:80]
 
 
+def turn_event(turn: Any, call_sid: str) -> dict[str, Any]:
+    """A ``turn`` event from a stored ``Turn`` or the bridge's ``TurnRecord`` (same fields)."""
+    return {
+        "kind": "turn",
+        "call_sid": call_sid,
+        "position": turn.position,
+        "role": turn.role,
+        "kind_of_turn": turn.kind,
+        "text": turn.text,
+        "started_ms": turn.started_ms,
+        "interrupted": turn.interrupted,
+        "heard_ms": turn.heard_ms,
+        "latency_ms": turn.latency_ms,
+    }
+
+
 async def publish(event: dict[str, Any]) -> None:
     """Best effort: the live page is a view on the call, never a reason for it to fail."""
     layer = get_channel_layer()

@@ -21,7 +21,7 @@ from django.template.response import TemplateResponse
 
 from calls import live
 from calls.admin import listed_number
-from calls.models import Call, EndedReason, Turn
+from calls.models import Call, EndedReason
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +51,6 @@ def call_event(call: Call) -> dict[str, Any]:
     }
 
 
-def turn_event(turn: Turn, call_sid: str) -> dict[str, Any]:
-    return {
-        "kind": "turn",
-        "call_sid": call_sid,
-        "position": turn.position,
-        "role": turn.role,
-        "kind_of_turn": turn.kind,
-        "text": turn.text,
-        "started_ms": turn.started_ms,
-        "interrupted": turn.interrupted,
-        "heard_ms": turn.heard_ms,
-        "latency_ms": turn.latency_ms,
-    }
-
-
 def for_display(event: dict[str, Any]) -> dict[str, Any]:
     """Numbers as the admin's lists show them (masked with MASK_PHONE_NUMBERS)."""
     if event.get("kind") != "call_started":
@@ -83,7 +68,10 @@ def active_calls() -> list[dict[str, Any]]:
         .order_by("started_at")[:MAX_LISTED]
     )
     return [
-        {**for_display(call_event(call)), "turns": [turn_event(t, call.call_sid) for t in call.turns.all()]}
+        {
+            **for_display(call_event(call)),
+            "turns": [live.turn_event(t, call.call_sid) for t in call.turns.all()],
+        }
         for call in calls
     ]
 
