@@ -124,7 +124,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     def _start_timed_out(self) -> None:
         if self.bridge is None and self.finishing is None:
             logger.warning("Media socket sent no valid start within %.0f s; closing", START_TIMEOUT)
-            self.timeout_close = asyncio.ensure_future(self.close(code=CLOSE_NO_START))
+            self.timeout_close = asyncio.ensure_future(self._close(CLOSE_NO_START))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -166,12 +166,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         ):
             self.early.append(event)  # some deployments see media before start; keep it
         elif isinstance(event, twilio_media.Stop):
-            await self.close()
+            await self._close(1000)
 
     async def _reject(self, reason: str, code: int = CLOSE_UNAUTHENTICATED) -> None:
         logger.warning("call %s: refused media socket: %s", self.call_sid, reason)
         self.start_timer.cancel()
-        await self.close(code=code)
+        await self._close(code)
 
     async def _start(self, start: twilio_media.Start) -> None:
         self.call_sid = start.call_sid[:64]
@@ -276,7 +276,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             self.transcripts_settled.set()
         for action in self.bridge.drain():
             if isinstance(action, SendTwilio):
-                await self.send(text_data=action.text)
+                await self._send_twilio(action.text)
             elif isinstance(action, SendOpenAI):
                 self.to_openai.put_nowait(action.text)
             elif isinstance(action, AgentAudio):
@@ -304,6 +304,26 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if self.openai_ws is not None:
             self.recycling = True
             await self.openai_ws.close()
+
+    async def _close(self, code: int) -> None:
+        if self.twilio_closed:
+            return
+        try:
+            await self.close(code=code)
+        except Exception as exc:  # already closed by the peer
+            logger.info("call %s: Twilio socket already closed (%s)", self.call_sid, type(exc).__name__)
+        self.twilio_closed = True
+
+    async def _send_twilio(self, text: str) -> None:
+        """The Twilio socket can close between a decision and its send (a tick, a late OpenAI
+        event): that send is moot, and the disconnect handler ends the call."""
+        if self.twilio_closed:
+            return
+        try:
+            await self.send(text_data=text)
+        except Exception as exc:  # daphne raises autobahn's Disconnected
+            self.twilio_closed = True
+            logger.info("call %s: Twilio socket already closed (%s)", self.call_sid, type(exc).__name__)
 
     def _side_task(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -523,7 +543,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await self._hang_up()
         if not self.twilio_closed:
             # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
-            await self.close(code=CLOSE_CALL_FAILED if end.reason == EndedReason.ERROR else 1000)
+            await self._close(CLOSE_CALL_FAILED if end.reason == EndedReason.ERROR else 1000)
 
     async def _finish_recording(self) -> None:
         """Write what is left, close the file and hand it to the storage backend."""
