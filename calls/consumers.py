@@ -106,9 +106,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
         self.finishing: asyncio.Task[None] | None = None
         if not await self._handshake_allowed():
-            logger.warning(
-                "Refused media socket %s: missing or invalid x-twilio-signature", self.scope["path"]
-            )
+            logger.warning("Refused media socket %s: not authenticated", self.scope["path"])
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return
         await self.accept()
@@ -119,7 +117,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if not settings.TWILIO_VALIDATE_SIGNATURES:
             return True
         signature = dict(self.scope.get("headers", [])).get(b"x-twilio-signature", b"").decode("latin-1")
-        return websocket_signature_valid(self.scope["path"], signature)
+        if websocket_signature_valid(self.scope["path"], signature):
+            return True
+        logger.warning("Media socket %s: missing or invalid x-twilio-signature", self.scope["path"])
+        return False
 
     def _start_timed_out(self) -> None:
         if self.bridge is None and self.finishing is None:

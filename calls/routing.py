@@ -4,7 +4,7 @@ from channels.auth import AuthMiddlewareStack
 from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import re_path
 
-from calls import consumers, live_page
+from calls import consumers, live_page, web_phone
 
 websocket_urlpatterns = [
     # Twilio may or may not append a slash; accept both. Authenticated by Twilio's signature
@@ -15,5 +15,10 @@ websocket_urlpatterns = [
     re_path(
         r"^ws/live/?$",
         AllowedHostsOriginValidator(AuthMiddlewareStack(live_page.LiveCallsConsumer.as_asgi())),
+    ),
+    # The staff web phone: Twilio's media protocol from a browser, authenticated like /ws/live.
+    re_path(
+        r"^ws/phone/?$",
+        AllowedHostsOriginValidator(AuthMiddlewareStack(web_phone.WebPhoneConsumer.as_asgi())),
     ),
 ]

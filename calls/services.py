@@ -375,6 +375,30 @@ MACHINE_ANSWERS = frozenset(
 )
 
 
+def call_start_web(*, call_sid: str, username: str, agent_id: str) -> Call:
+    """A call from the staff web phone to the agent the page chose. ``call_sid`` is minted by
+    the server, never taken from the browser. ValueError (a message fit for the page) when
+    the agent cannot take it."""
+    valid_id = agent_id.isascii() and agent_id.isdigit() and len(agent_id) <= 18  # fits a bigint
+    agent = Agent.objects.filter(pk=int(agent_id), enabled=True).first() if valid_id else None
+    if agent is None:
+        raise ValueError("This agent does not exist or is disabled.")
+    limit = settings.MAX_CONCURRENT_CALLS
+    if limit and maintenance.calls_in_progress() >= limit:
+        raise ValueError(f"All {limit} lines are busy (MAX_CONCURRENT_CALLS); try again later.")
+    call = Call.objects.create(
+        call_sid=call_sid,
+        from_number=username[:64],
+        to_number=(agent.phone_number or agent.name)[:64],
+        direction=CallDirection.WEB,
+        agent=agent,
+        model=agent.effective_model,
+        voice=agent.voice,
+    )
+    logger.info("call %s: web phone call by %s to agent %s", call_sid, username, agent.name)
+    return call
+
+
 def call_place(*, to: str, agent: Agent) -> Call:
     """Dial ``to`` through Twilio's REST API; the callee's webhook and stream then use the
     same bridge as inbound calls, answered by ``agent``."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
-from calls import live_page, views
+from calls import live_page, views, web_phone
 
 admin.site.site_header = "Voice agent"
 admin.site.site_title = "Voice agent"
@@ -17,5 +17,7 @@ urlpatterns = [
     path("stream-ended", views.stream_ended, name="stream-ended"),
     # Staff only (admin_view: login redirect); its socket is /ws/live (calls/routing.py).
     path("admin/live/", admin.site.admin_view(live_page.live_calls), name="live-calls"),
+    # Staff only; its socket is /ws/phone (calls/routing.py).
+    path("admin/phone/", admin.site.admin_view(web_phone.phone_page), name="web-phone"),
     path("admin/", admin.site.urls),
 ]

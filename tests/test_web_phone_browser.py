@@ -1,0 +1,172 @@
+"""The web phone in a real headless Chromium whose microphone is a WAV file (a tone burst, then
+silence, looped by Chromium), against our app under daphne and the fake OpenAI Realtime
+server: the page encodes the microphone to 8 kHz mu-law, plays the agent, echoes marks, and
+honours a barge-in's clear."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from calls.fakes import mulaw, wav
+from calls.fakes.openai_realtime import Reply, Script
+from calls.models import Agent, Call, CallDirection, CallStatus, EndedReason, Role
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, PASSWORD, USERNAME, signed_in_page
+
+pytestmark = pytest.mark.e2e
+
+TONE_HZ = 220 + 7 * 30  # mulaw.tone's pitch for seed 7
+MIC_RATE = 48000
+
+
+@pytest.fixture(scope="module")
+def microphone_wav(tmp_path_factory) -> Path:
+    """What the fake microphone says, looped: 1 s of tone (speech to the fake's VAD), 2 s of silence."""
+    tone = mulaw.decode(mulaw.tone(1000, seed=7, fmt=mulaw.PCM), mulaw.PCM)  # 24 kHz
+    samples = wav.resample(tone, mulaw.RATES[mulaw.PCM], MIC_RATE) + [0] * (2 * MIC_RATE)
+    path = tmp_path_factory.mktemp("microphone") / "caller.wav"
+    wav.write_wav(path, samples, MIC_RATE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def phone_browser(loop, microphone_wav):
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    playwright = loop.run(async_playwright().start())
+    flags = [
+        *CHROMIUM_FLAGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={microphone_wav}",
+    ]
+    browser = loop.run(playwright.chromium.launch(executable_path=str(CHROMIUM), args=flags))
+    yield browser
+    loop.run(browser.close())
+    loop.run(playwright.stop())
+
+
+@pytest.fixture
+def browser(phone_browser, loop):
+    yield phone_browser
+    for context in phone_browser.contexts:
+        loop.run(context.close())
+
+
+@pytest.fixture
+def web(live, start_server, settings, tmp_path):
+    """Plain HTTP, as a person reaches a local server (http://127.0.0.1 is a secure context,
+    so the page may use the microphone)."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True, is_superuser=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    return start_server(
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+    )
+
+
+def loudest_second(audio: bytes) -> bytes:
+    """The 1 s window of 8 kHz mu-law with the most energy (the tone burst)."""
+    step = 160
+    frames = [mulaw.rms(audio[i : i + step]) for i in range(0, len(audio) - step + 1, step)]
+    best = max(range(max(1, len(frames) - 49)), key=lambda i: sum(frames[i : i + 50]))
+    return audio[best * step : best * step + 8000]
+
+
+def pitch_hz(audio: bytes) -> float:
+    samples = mulaw.decode(audio)
+    crossings = sum(1 for a, b in itertools.pairwise(samples) if (a < 0) != (b < 0))
+    return crossings / 2 / (len(samples) / 8000)
+
+
+def test_talk_to_the_agent_from_the_browser_microphone(web, loop, browser, fake_openai):
+    from playwright.async_api import expect
+
+    answer = Reply(transcript="We open at nine.")
+    # Long enough for the next tone burst to cut it off: the barge-in.
+    long_answer = Reply(transcript="On Sundays we open at ten, and " * 4, audio=mulaw.tone(6000, seed=3))
+    closing = Reply(transcript="You're welcome.")
+    fake_openai.set_script(
+        Script(
+            replies=[answer, long_answer, closing],
+            caller_transcripts=["When do you open?", "And on Sundays?", "Thanks."],
+        )
+    )
+    agent = Agent.objects.get()
+    Agent.objects.create(name="Disabled agent", phone_number="+15550009999", instructions="-", enabled=False)
+    sessions_before = len(fake_openai.sessions)
+    errors: list[str] = []
+
+    async def scenario():
+        page = await signed_in_page(browser, web, errors)
+        await page.goto(f"{web.url}/admin/phone/")
+        options = await page.locator("#va-phone-agent option").all_inner_texts()
+        await page.select_option("#va-phone-agent", str(agent.pk))
+        await page.click("#va-phone-call")
+        status = page.locator("#va-phone-status")
+        await expect(status).to_have_attribute("data-state", "in-call", timeout=10000)
+        session = await fake_openai.wait_for_session(sessions_before, timeout=10)
+        # An agent turn is stored (and shown) once the page has echoed the mark after its audio.
+        agent_turns = page.locator("#va-phone-transcript .va-agent .va-text")
+        await expect(agent_turns.nth(2)).to_have_text(closing.transcript, timeout=30000)
+        await page.screenshot(path=ARTIFACTS / "web-phone.png", full_page=True)
+        await page.click("#va-phone-hang-up")
+        await expect(status).to_have_attribute("data-state", "idle", timeout=10000)
+        await page.screenshot(path=ARTIFACTS / "web-phone-ended.png", full_page=True)
+        stats = await page.evaluate("window.vaPhone.stats")
+        transcript = await page.locator("#va-phone-transcript .va-text").all_inner_texts()
+        said_by = await page.locator("#va-phone-transcript .va-meta").all_inner_texts()
+        link = await status.locator("a").get_attribute("href")
+        await session.wait_closed(timeout=10)
+        return options, session, stats, transcript, said_by, link
+
+    options, session, stats, transcript, said_by, link = loop.run(scenario(), timeout=120)
+    assert options == ["Default agent (default agent)"]  # enabled agents only
+
+    # The caller's audio reached OpenAI as 8 kHz mu-law, the tone still a tone.
+    assert len(session.input_audio) == stats["bytesSent"] and stats["bytesSent"] % 160 == 0
+    burst = loudest_second(bytes(session.input_audio))
+    assert mulaw.rms(burst) > 2000
+    assert pitch_hz(burst) == pytest.approx(TONE_HZ, rel=0.05)
+    assert len(session.sent_of("input_audio_buffer.committed")) >= 3
+
+    # The agent's audio was played; the second answer was cut off by the caller, and the model
+    # was told how much of it was heard.
+    assert stats["bytesReceived"] >= len(answer.render_audio()) + len(closing.render_audio())
+    assert stats["marksEchoed"] == stats["marksReceived"] > 3
+    assert stats["closeCode"] == 1000
+    # The next burst starts 3 s after the one before the long answer: 1 s of tone and 0.4 s of
+    # silence (the agent's VAD) later, the answer starts playing, so about 1.6 s of it is heard.
+    [truncate] = session.truncates
+    assert 1000 <= truncate["audio_end_ms"] <= 2000
+
+    call = Call.objects.get(direction=CallDirection.WEB)
+    assert call.call_sid.startswith("WEB") and len(call.call_sid) == 35
+    assert (call.from_number, call.to_number, call.agent) == (USERNAME, "Default agent", agent)
+    assert call.status == CallStatus.COMPLETED and call.ended_reason == EndedReason.CALLER_HUNG_UP
+    assert call.interruptions == 1 and call.usage and call.recording
+    turns = list(call.turns.all())
+    spoken = [(t.role, t.text) for t in turns][:6]
+    assert spoken == [
+        (Role.CALLER, "When do you open?"),
+        (Role.AGENT, answer.transcript),
+        (Role.CALLER, "And on Sundays?"),
+        (Role.AGENT, long_answer.transcript),
+        (Role.CALLER, "Thanks."),
+        (Role.AGENT, closing.transcript),
+    ]
+    interrupted = turns[3]
+    assert interrupted.interrupted and interrupted.heard_ms == pytest.approx(truncate["audio_end_ms"], abs=1)
+    assert transcript[:2] == ["When do you open?", answer.transcript]
+    heard = f"{interrupted.heard_ms / 1000:.1f} s"
+    assert said_by[:4] == ["You", "Agent", "You", f"Agent (interrupted, you heard {heard})"]
+    assert link == f"/admin/calls/call/?q={call.call_sid}"
+    assert errors == []
