@@ -1,6 +1,6 @@
 """Latency the bridge adds to a phone call, each way, with N concurrent calls.
 
-    .venv/bin/python bench/bridge_latency.py --calls 1 10 50 --seconds 20
+    .venv/bin/python bench/bridge_latency.py --plot bench/results/bridge_latency.png
 
 Three processes share the machine: this driver (N simulated Twilio callers in one event
 loop), a lean fake of the OpenAI Realtime GA API (``bench/fake_openai_server.py``, its own
@@ -28,9 +28,17 @@ Both include two loopback hops and the receiving loop's scheduling delay, so the
 upper bound of what the bridge itself adds; the event-loop lag of the driver and of the
 fake is printed so it can be discounted.
 
-``--database-url`` / ``--redis-url`` run the server on PostgreSQL / Redis;
-``--server-url`` targets a server that is already running (start it with
-``OPENAI_REALTIME_URL=ws://127.0.0.1:<--fake-port>/v1/realtime`` and the same
+Rounds run N = 1, 10, 50, 100, 200, 400 by default, 20 s calls below 100 and 15 s from 100
+up (``--seconds``). Every round has a hard time cap and the whole run a time budget (rounds
+that would not fit are skipped and reported); calls that could not connect are reported as
+such, not as lost frames.
+
+``--database-url postgres://...`` / ``--redis-url redis://...`` run the server on a fresh
+PostgreSQL database (created for the run, dropped after) and a Redis channel layer (on a
+dedicated db number); ``--workers K`` starts K server processes and spreads the calls over
+them; ``--plot PATH.png`` draws latency, CPU and memory against concurrency (``bench/plot.py``
+overlays several runs). ``--server-url`` targets a server that is already running (start it
+with ``OPENAI_REALTIME_URL=ws://127.0.0.1:<--fake-port>/v1/realtime`` and the same
 ``TWILIO_AUTH_TOKEN``; pass ``--server-pid`` for its CPU and memory).
 """
 
@@ -44,6 +52,8 @@ import json
 import os
 import platform
 import random
+import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -136,7 +146,14 @@ def machine_info() -> dict[str, Any]:
     for name in ("django", "channels", "daphne", "twisted", "autobahn", "websockets"):
         with contextlib.suppress(PackageNotFoundError):
             versions[name] = version(name)
+    git: dict[str, Any] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        run = {"cwd": ROOT, "capture_output": True, "text": True, "timeout": 10, "check": False}
+        git["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **run).stdout.strip()  # type: ignore[call-overload]
+        changed = subprocess.run(["git", "status", "--porcelain", "calls", "voiceagent"], **run).stdout  # type: ignore[call-overload]
+        git["server_code_modified"] = sorted(line[3:] for line in changed.splitlines())
     return {
+        "git": git,
         "nproc": nproc,
         "cpu_model": model,
         "memory_mib": mem_kib // 1024,
@@ -168,7 +185,7 @@ Agent.objects.update_or_create(
     defaults=dict(
         name="Benchmark agent", enabled=True, instructions="Be brief.", greeting={greeting!r},
         turn_detection="server_vad", vad_silence_ms=500, idle_timeout_seconds=0,
-        max_call_seconds={max_seconds}, tools=[],
+        max_call_seconds={max_seconds}, tools=[], record_calls=True,
     ),
 )
 """
@@ -178,6 +195,103 @@ def prepare_database(env: dict[str, str], max_seconds: int) -> None:
     run_manage(env, "migrate", "--noinput")
     code = AGENT_SETUP.format(number=BENCH_NUMBER, greeting=GREETING, max_seconds=max_seconds)
     run_manage(env, "shell", "-c", code)
+
+
+BENCH_REDIS_DB = 12  # the channel layer's db when --redis-url names none
+CHANNEL_LAYER_KEYS = "asgi*"  # channels_redis's default key prefix
+
+
+def postgres_create(url: str) -> tuple[str, str]:
+    """A fresh database on the server of ``url``: (its URL, the maintenance URL to drop it)."""
+    import psycopg  # only the PostgreSQL mode needs it
+
+    parts = urllib.parse.urlsplit(url)
+    admin_db = parts.path.lstrip("/") or "postgres"
+    admin = urllib.parse.urlunsplit(parts._replace(path=f"/{admin_db}"))
+    name = f"voiceagent_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}")), admin
+
+
+def postgres_drop(url: str, admin: str) -> None:
+    import psycopg
+
+    name = urllib.parse.urlsplit(url).path.lstrip("/")
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def postgres_activity(url: str) -> dict[str, int]:
+    """Write activity of the bench database so far (pg_stat_database) and open connections."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as connection:
+        row = connection.execute(
+            "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, "
+            "(SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()) - 1 "
+            "FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    keys = ("transactions", "rollbacks", "rows_inserted", "rows_updated", "rows_deleted", "connections")
+    return dict(zip(keys, (int(v) for v in row), strict=True)) if row else {}
+
+
+def redis_dedicated(url: str) -> str:
+    """``url`` on the benchmark's own db number unless it names one; its channel keys cleared."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.path.strip("/") == "" and "db=" not in parts.query:
+        url = urllib.parse.urlunsplit(parts._replace(path=f"/{BENCH_REDIS_DB}"))
+    redis_clear(url)
+    return url
+
+
+def redis_clear(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        keys = list(client.scan_iter(CHANNEL_LAYER_KEYS, count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def count_recordings(database_url: str, call_sids: list[str]) -> int | None:
+    """How many of these calls have a stored recording (the bench agent records, as production)."""
+    if not database_url:
+        return None  # --server-url without --database-url: not ours to read
+    if not call_sids:
+        return 0
+    placeholders = ",".join(["%s" if database_url.startswith("postgres") else "?"] * len(call_sids))
+    sql = f"SELECT count(*) FROM calls_call WHERE recording <> '' AND call_sid IN ({placeholders})"
+    try:
+        if database_url.startswith("postgres"):
+            import psycopg
+
+            with psycopg.connect(database_url, connect_timeout=10) as connection:
+                row = connection.execute(sql, call_sids).fetchone()
+        else:
+            import sqlite3
+
+            path = database_url.removeprefix("sqlite:///")
+            with contextlib.closing(sqlite3.connect(path, timeout=20)) as connection:
+                row = connection.execute(sql, call_sids).fetchone()
+    except Exception as exc:  # a report detail: never fail the run for it
+        print(f"    (could not count recordings: {exc})")
+        return None
+    return int(row[0]) if row else 0
+
+
+def raise_open_files_limit() -> None:
+    """Each call holds a few sockets in each process; the children inherit the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(
+                resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+            )
 
 
 def stop_process(process: subprocess.Popen[Any]) -> None:
@@ -255,6 +369,8 @@ class BenchCall:
         self.error = ""
         self.cut_short = ""
         self.close_code: int | None = None
+        self.phase = "waiting"  # webhook, connect, media, closing, done: where a failure happened
+        self.connected = False  # the Media Stream socket opened
         self.seq = 0  # Twilio sequenceNumber
         # caller -> OpenAI: send time of frame k (k is the tag's sequence number)
         self.t_sent: list[float] = []
@@ -314,7 +430,12 @@ class BenchCall:
         try:
             await self._run()
         except Exception as exc:  # one failed call must not abort the round
-            self.error = self.error or f"{type(exc).__name__}: {exc}"
+            self.error = self.error or f"{type(exc).__name__}: {exc}".strip()
+
+    @property
+    def failed_to_connect(self) -> bool:
+        """The call never got its media stream: webhook or WebSocket handshake failed."""
+        return bool(self.error) and not self.connected
 
     async def _run(self) -> None:
         settings = self.settings
@@ -326,6 +447,7 @@ class BenchCall:
                 to_number=BENCH_NUMBER,
             )
         )
+        self.phase = "webhook"
         webhook = await caller.post_webhook()
         if webhook.status != 200 or not webhook.stream_url:
             self.error = f"webhook answered {webhook.status}: {webhook.body[:200]}"
@@ -336,16 +458,19 @@ class BenchCall:
         scheme = "wss" if base.scheme == "https" else "ws"
         url = urllib.parse.urlunsplit((scheme, base.netloc, stream.path, stream.query, ""))
         signature = twilio_signature(settings.auth_token, webhook.stream_url, {})
+        self.phase = "connect"
         async with connect(
             url,
             additional_headers={"x-twilio-signature": signature},
             compression=None,
             ping_interval=None,
             proxy=None,
-            open_timeout=30,
+            open_timeout=15,
             close_timeout=5,
             max_size=2**20,
         ) as ws:
+            self.connected = True
+            self.phase = "media"
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             start = {
                 "event": "start",
@@ -365,6 +490,7 @@ class BenchCall:
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._talk(ws)
+                self.phase = "closing"
                 stop = {
                     "event": "stop",
                     "sequenceNumber": self._next_seq(),
@@ -381,6 +507,8 @@ class BenchCall:
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)
             self.close_code = ws.close_code
+        if not self.error:
+            self.phase = "done"
         if self.cut_short and not self.error:
             self.error = f"{self.cut_short}, close code {self.close_code}"
         elif self.close_code != 1000 and not self.error:
@@ -606,20 +734,29 @@ class Sample:
     system: tuple[int, int]
 
 
+def total(values: list[Any]) -> Any:
+    """Sum over the server processes; None if any is unknown (or there are none)."""
+    return None if not values or any(v is None for v in values) else sum(values)
+
+
 @dataclass
 class Monitors:
-    pids: dict[str, int]
+    pids: dict[str, int]  # the fake and the driver
+    server_pids: list[int]
+    max_server_rss_kib: int = 0  # above it, the round is abandoned (0: no limit)
     samples: list[Sample] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)
+    too_big: asyncio.Event = field(default_factory=asyncio.Event)
 
     def sample(self) -> Sample:
-        sample = Sample(
-            time.monotonic(),
-            {name: cpu_seconds(pid) for name, pid in self.pids.items()},
-            rss_kib(self.pids["server"]) if "server" in self.pids else None,
-            system_jiffies(),
-        )
+        cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        if self.server_pids:
+            cpu["server"] = total([cpu_seconds(pid) for pid in self.server_pids])
+        rss = total([rss_kib(pid) for pid in self.server_pids])
+        sample = Sample(time.monotonic(), cpu, rss, system_jiffies())
         self.samples.append(sample)
+        if self.max_server_rss_kib and rss is not None and rss > self.max_server_rss_kib:
+            self.too_big.set()
         return sample
 
     async def run_sampler(self, interval: float = 0.25) -> None:
@@ -693,8 +830,15 @@ def analyse(calls: list[BenchCall], dump: dict[str, Any], origin: float) -> dict
     for call in calls:
         session = sessions.get(call.id)
         if call.error or session is None:
+            kind = "connect" if call.failed_to_connect else "dropped" if call.error else "no_openai_session"
             failed.append(
-                {"call": call.id, "error": call.error or "no OpenAI session", "close": call.close_code}
+                {
+                    "call": call.id,
+                    "kind": kind,
+                    "phase": call.phase,
+                    "error": call.error or "no OpenAI session",
+                    "close": call.close_code,
+                }
             )
         if call.t_start_sent is not None and call.t_first_audio is not None:
             first_audio.append(call.t_first_audio - call.t_start_sent)
@@ -772,6 +916,9 @@ def analyse(calls: list[BenchCall], dump: dict[str, Any], origin: float) -> dict
         "first_agent_audio_ms": percentiles(first_audio),
         "start_to_openai_connect_ms": percentiles(openai_connect),
         "failed_calls": failed,
+        "calls_connected": sum(1 for c in calls if c.connected),
+        "calls_failed_to_connect": sum(1 for f in failed if f["kind"] == "connect"),
+        "calls_dropped": sum(1 for f in failed if f["kind"] != "connect"),
         "timeline": {
             "caller_to_openai_ms": timeline(up_points, origin),
             "openai_to_caller_ms": timeline(down_points, origin),
@@ -785,34 +932,81 @@ def analyse(calls: list[BenchCall], dump: dict[str, Any], origin: float) -> dict
 @dataclass
 class Context:
     args: argparse.Namespace
-    call_settings: CallSettings
+    call_settings: CallSettings  # base_url is per worker, see ``worker_urls``
+    worker_urls: list[str]
     fake_url: str
     realtime_url: str
-    pids: dict[str, int]
-    server: subprocess.Popen[bytes] | None
-    server_log: Path | None
+    pids: dict[str, int]  # the fake and the driver
+    server_pids: list[int]
+    servers: list[subprocess.Popen[bytes]]
+    server_logs: list[Path]
+    database_url: str
+    postgres: bool = False
     next_call_id: int = 1
     idle_rss_kib: int | None = None
 
 
+def round_shape(args: argparse.Namespace, n: int, seconds: float) -> tuple[float, float, float]:
+    """(stagger, ramp, time cap) of a round: starts are spread over at most ``--max-ramp`` s."""
+    stagger = min(args.stagger, args.max_ramp / max(1, n - 1))
+    ramp = stagger * max(0, n - 1)
+    cap = args.round_timeout or seconds + ramp + args.drain + 45.0
+    return stagger, ramp, cap
+
+
 async def run_round(ctx: Context, n: int, seconds: float, *, warmup: bool = False) -> dict[str, Any]:
-    settings = CallSettings(**{**ctx.call_settings.__dict__, "seconds": seconds})
-    calls = [BenchCall(ctx.next_call_id + i, settings) for i in range(n)]
+    args = ctx.args
+    stagger, ramp, cap = round_shape(args, n, seconds)
+    calls = [
+        BenchCall(
+            ctx.next_call_id + i,
+            CallSettings(
+                **{
+                    **ctx.call_settings.__dict__,
+                    "seconds": seconds,
+                    "base_url": ctx.worker_urls[i % len(ctx.worker_urls)],
+                }
+            ),
+        )
+        for i in range(n)
+    ]
     ctx.next_call_id += n
-    monitors = Monitors(ctx.pids)
+    monitors = Monitors(ctx.pids, ctx.server_pids, max_server_rss_kib=args.max_server_rss_mib * 1024)
+    db_before = None
+    if ctx.postgres and not warmup:
+        db_before = await asyncio.to_thread(postgres_activity, ctx.database_url)
     sampler = asyncio.create_task(monitors.run_sampler())
     lag = asyncio.create_task(monitors.run_lag())
     profiler = None if warmup else start_profiler(ctx, n, seconds)
     began = time.monotonic()
     start = began + 0.2
     probe = asyncio.create_task(direct_probe(ctx.realtime_url, start, seconds)) if not warmup else None
-    await asyncio.gather(*(call.run(start + i * ctx.args.stagger) for i, call in enumerate(calls)))
+    tasks = [asyncio.create_task(call.run(start + i * stagger)) for i, call in enumerate(calls)]
+    everything = asyncio.ensure_future(asyncio.gather(*tasks))
+    guard = asyncio.create_task(monitors.too_big.wait())
+    done, _ = await asyncio.wait({everything, guard}, timeout=cap, return_when=asyncio.FIRST_COMPLETED)
+    abandoned = ""
+    if everything not in done:
+        # A server that cannot keep up must not hold the machine: cut the round short.
+        if guard in done:
+            abandoned = f"server RSS above --max-server-rss-mib={args.max_server_rss_mib}"
+        else:
+            abandoned = f"the round's time cap ({cap:.0f} s) was reached"
+        print(f"    round abandoned: {abandoned}", flush=True)
+        for task in tasks:
+            task.cancel()
+        for call in calls:
+            if call.phase != "done" and not call.error:
+                call.error = f"abandoned during {call.phase}: {abandoned}"
+    everything.cancel()
+    guard.cancel()
+    await asyncio.gather(everything, guard, *tasks, return_exceptions=True)
     probe_sent: list[float] = []
     if probe is not None:
         try:
-            probe_sent = await probe
-        except (OSError, ConnectionClosed) as exc:
-            print(f"    (the direct probe failed: {exc})")
+            probe_sent = await asyncio.wait_for(probe, timeout=seconds + 10)
+        except (OSError, ConnectionClosed, TimeoutError) as exc:
+            print(f"    (the direct probe failed: {exc!r})")
     finished = time.monotonic()
     for task in (sampler, lag):
         task.cancel()
@@ -821,9 +1015,10 @@ async def run_round(ctx: Context, n: int, seconds: float, *, warmup: bool = Fals
         await asyncio.to_thread(profiler.wait)
     await asyncio.sleep(0.5)  # the fake sees the last closes
     dump = await fake_dump(ctx.fake_url)
-    if ctx.server is not None and ctx.server.poll() is not None:
-        log = ctx.server_log.read_text(errors="replace")[-4000:] if ctx.server_log else ""
-        raise RuntimeError(f"the server died during the round with {n} calls:\n{log}")
+    for server, log_path in zip(ctx.servers, ctx.server_logs, strict=True):
+        if server.poll() is not None:
+            log = log_path.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"a server process died during the round with {n} calls:\n{log}")
     if warmup:
         return {}
     result = analyse(calls, dump, start)
@@ -837,23 +1032,40 @@ async def run_round(ctx: Context, n: int, seconds: float, *, warmup: bool = Fals
     peak = max((s.server_rss_kib or 0 for s in monitors.samples), default=0)
     server_cpu = usage.get("server_cpu_pct")
     lateness = [x for c in calls for x in c.lateness]
+    recordings = await asyncio.to_thread(
+        count_recordings, ctx.database_url, [c.call_sid for c in calls if c.connected and c.call_sid]
+    )
+    db_activity = None
+    if db_before is not None:
+        after = await asyncio.to_thread(postgres_activity, ctx.database_url)
+        db_activity = {k: after[k] - db_before[k] for k in after if k != "connections"}
+        db_activity["connections_after"] = after["connections"]
     result["direct_floor_ms"] = probe_latency(probe_sent, dump)
     result.update(
         {
             "calls": n,
             "seconds": seconds,
+            "stagger_s": round(stagger, 4),
+            "ramp_s": round(ramp, 2),
+            "time_cap_s": round(cap, 1),
+            "abandoned": abandoned or None,
             "wall_s": round(finished - began, 2),
             "cpu_window_s": usage.get("window_s"),
+            "server_processes": len(ctx.server_pids),
             "server_cpu_pct": server_cpu,
             "server_cpu_pct_per_call": None if server_cpu is None else round(server_cpu / n, 2),
             "fake_cpu_pct": usage.get("fake_cpu_pct"),
             "driver_cpu_pct": usage.get("driver_cpu_pct"),
             "machine_busy_pct": usage.get("machine_busy_pct"),
+            "other_processes_cpu_pct": other_cpu(usage),
             "server_rss_idle_mib": None if ctx.idle_rss_kib is None else round(ctx.idle_rss_kib / 1024, 1),
             "server_rss_peak_mib": round(peak / 1024, 1) if peak else None,
             "server_rss_per_call_kib": (
                 round((peak - ctx.idle_rss_kib) / n, 1) if peak and ctx.idle_rss_kib is not None else None
             ),
+            "recordings_stored": recordings,
+            # pg_stat_database over the round (statistics reach it up to a second or so late).
+            "database_activity": db_activity,
             "driver_loop_lag_ms": percentiles(monitors.lags),
             "driver_send_lateness_ms": percentiles(lateness),
             "fake_loop_lag_ms": dump.get("loop_lag_ms"),
@@ -871,6 +1083,51 @@ async def run_round(ctx: Context, n: int, seconds: float, *, warmup: bool = Fals
     return result
 
 
+NPROC = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def other_cpu(usage: dict[str, Any]) -> float | None:
+    """CPU used by processes other than the server, the fake and the driver (100 = one core):
+    anything well above a few % means the machine was not quiet and the numbers are suspect."""
+    parts = [usage.get(f"{name}_cpu_pct") for name in ("server", "fake", "driver")]
+    busy = usage.get("machine_busy_pct")
+    if busy is None or any(part is None for part in parts):
+        return None
+    return round(max(0.0, busy * NPROC - sum(parts)), 1)  # type: ignore[arg-type]
+
+
+def background_cpu(seconds: float = 1.0) -> float:
+    """The machine's CPU use before the run (100 = one core)."""
+    busy0, total0 = system_jiffies()
+    time.sleep(seconds)
+    busy1, total1 = system_jiffies()
+    return round((busy1 - busy0) / max(1, total1 - total0) * 100 * NPROC, 1)
+
+
+def others_cpu(own_pids: list[int], seconds: float) -> float:
+    """CPU used by every process but ours over ``seconds`` (100 = one core)."""
+    busy0, total0 = system_jiffies()
+    own0 = [cpu_seconds(pid) or 0.0 for pid in own_pids]
+    time.sleep(seconds)
+    busy1, total1 = system_jiffies()
+    own1 = [cpu_seconds(pid) or 0.0 for pid in own_pids]
+    machine = (busy1 - busy0) / max(1, total1 - total0) * 100 * NPROC
+    own = sum(b - a for a, b in zip(own0, own1, strict=True)) / seconds * 100
+    return round(max(0.0, machine - own), 1)
+
+
+async def wait_quiet(ctx: Context, limit_s: float, threshold: float = 15.0) -> float:
+    """Wait (up to ``limit_s``) until other processes use under ``threshold`` % CPU; the
+    background CPU measured last. For shared machines: a busy neighbour skews every number."""
+    deadline = time.monotonic() + limit_s
+    own = [*ctx.pids.values(), *ctx.server_pids]
+    while True:
+        busy = await asyncio.to_thread(others_cpu, own, 2.0)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+        print(f"    waiting for a quiet machine (other processes: {busy:g} % CPU)", flush=True)
+
+
 def merge_counts(counts: Any) -> dict[str, int]:
     total: dict[str, int] = {}
     for count in counts:
@@ -880,12 +1137,12 @@ def merge_counts(counts: Any) -> dict[str, int]:
 
 
 def start_profiler(ctx: Context, n: int, seconds: float) -> subprocess.Popen[bytes] | None:
-    if not ctx.args.py_spy or "server" not in ctx.pids:
+    if not ctx.args.py_spy or not ctx.server_pids:
         return None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     out = ctx.args.output.parent / f"daphne-{n}calls"
-    command = [py_spy, "record", "--pid", str(ctx.pids["server"]), "--duration", str(int(seconds))]
-    command += ["--rate", "100", "--nonblocking", "--gil", "--format", "raw", "--output", f"{out}.txt"]
+    command = [py_spy, "record", "--pid", str(ctx.server_pids[0]), "--duration", str(int(seconds))]
+    command += ["--rate", "200", "--nonblocking", "--gil", "--format", "raw", "--output", f"{out}.txt"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -897,10 +1154,21 @@ def fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def print_table(results: list[dict[str, Any]], machine: dict[str, Any], args: argparse.Namespace) -> None:
+def setup_label(report: dict[str, Any]) -> str:
+    config = report["config"]
+    database = {"sqlite": "SQLite", "postgres": "PostgreSQL", "postgresql": "PostgreSQL"}.get(
+        config["database"], config["database"]
+    )
+    layer = "Redis" if config.get("redis") else "in-memory layer"
+    workers = config.get("workers", 1)
+    return f"{database} + {layer}" + (f", {workers} workers" if workers > 1 else "")
+
+
+def print_table(report: dict[str, Any]) -> None:
+    results, machine = report["results"], report["machine"]
     print()
     print(
-        f"Bridge latency, {args.seconds:g} s calls, {machine['nproc']} CPUs ({machine['cpu_model']}), "
+        f"Bridge latency ({setup_label(report)}), {machine['nproc']} CPUs ({machine['cpu_model']}), "
         f"Python {machine['python']}."
     )
     print(
@@ -908,8 +1176,9 @@ def print_table(results: list[dict[str, Any]], machine: dict[str, Any], args: ar
         "latencies include two loopback hops and the receiving loop's scheduling (lag shown below)."
     )
     head = (
-        f"{'calls':>5} | {'caller->OpenAI ms p50/p99/max':>29} | {'OpenAI->caller ms p50/p99/max':>29} | "
-        f"{'lost up/down':>12} | {'reord':>5} | {'1st audio ms p50/max':>20} | "
+        f"{'calls':>5} | {'s':>3} | {'caller->OpenAI ms p50/p99/max':>29} | "
+        f"{'OpenAI->caller ms p50/p99/max':>29} | "
+        f"{'lost up/down':>12} | {'reord':>5} | {'no conn/drop':>12} | {'1st audio ms p50/max':>20} | "
         f"{'srv CPU % (per call)':>20} | {'RSS MiB (KiB/call)':>18} | {'busy%':>5}"
     )
     print(head)
@@ -919,20 +1188,25 @@ def print_table(results: list[dict[str, Any]], machine: dict[str, Any], args: ar
         uf, df = r["caller_to_openai_frames"], r["openai_to_caller_frames"]
         first = r["first_agent_audio_ms"]
         print(
-            f"{r['calls']:>5} | "
+            f"{r['calls']:>5} | {r['seconds']:>3g} | "
             f"{fmt(up['p50']):>9}/{fmt(up['p99']):>9}/{fmt(up['max']):>9} | "
             f"{fmt(down['p50']):>9}/{fmt(down['p99']):>9}/{fmt(down['max']):>9} | "
             f"{uf['lost']:>5}/{df['lost']:<6} | "
             f"{uf['reordered'] + df['reordered']:>5} | "
+            f"{r['calls_failed_to_connect']:>5}/{r['calls_dropped']:<6} | "
             f"{fmt(first['p50'], 0):>9}/{fmt(first['max'], 0):<10} | "
             f"{fmt(r['server_cpu_pct']):>8} ({fmt(r['server_cpu_pct_per_call'], 2):>8}) | "
             f"{fmt(r['server_rss_peak_mib']):>7} ({fmt(r['server_rss_per_call_kib'], 0):>7}) | "
             f"{fmt(r['machine_busy_pct'], 0):>5}"
         )
+    for skipped in report.get("skipped_rounds", []):
+        print(f"{skipped['calls']:>5} | skipped: {skipped['reason']}")
     print(
-        "lost: sent but never delivered (down: excluding audio the bridge drops on purpose after a "
-        "barge-in); srv CPU: daphne process, 100 = one core (its event loop is one thread); "
-        "RSS per call: peak above the idle server; busy%: whole machine, all CPUs."
+        "lost: sent but never delivered, by calls that connected (down: excluding audio the bridge "
+        "drops on purpose after a barge-in); no conn/drop: calls whose webhook or Media Stream "
+        "handshake failed / calls cut off later; srv CPU: server process(es), 100 = one core (an "
+        "event loop is one thread); RSS per call: peak above the idle server, recording on; "
+        "busy%: whole machine, all CPUs."
     )
     print()
     print("Frames (20 ms each), traffic and the measuring side's own load:")
@@ -952,8 +1226,13 @@ def print_table(results: list[dict[str, Any]], machine: dict[str, Any], args: ar
         )
         print(
             f"             turns {r['turns']}, barge-ins {r['barge_ins']}, clears {r['clears']}, "
-            f"failed calls {len(r['failed_calls'])}, close codes {r['close_codes']}; "
-            f"CPU % fake {fmt(r['fake_cpu_pct'])} driver {fmt(r['driver_cpu_pct'])}; "
+            f"recordings stored {fmt(r['recordings_stored'])} of {r['calls_connected']} connected calls, "
+            f"close codes {r['close_codes']}; ramp {r['ramp_s']:g} s"
+            + (f"; ABANDONED: {r['abandoned']}" if r["abandoned"] else "")
+        )
+        print(
+            f"             CPU % fake {fmt(r['fake_cpu_pct'])} driver {fmt(r['driver_cpu_pct'])} "
+            f"other processes {fmt(r.get('other_processes_cpu_pct'))}; "
             f"driver loop lag p99/max {fmt(lag['p99'])}/{fmt(lag['max'])} ms, "
             f"send lateness p99/max {fmt(late['p99'])}/{fmt(late['max'])} ms, "
             f"fake loop lag p99/max {fmt(fake_lag.get('p99'))}/{fmt(fake_lag.get('max'))} ms"
@@ -963,8 +1242,65 @@ def print_table(results: list[dict[str, Any]], machine: dict[str, Any], args: ar
             f"             measuring floor (driver -> fake directly, no bridge, same load) "
             f"p50/p99/max {fmt(floor['p50'])}/{fmt(floor['p99'])}/{fmt(floor['max'])} ms"
         )
+        activity = r.get("database_activity")
+        if activity:
+            frames = uf["sent"] + df["delivered"]
+            print(
+                f"             database: {activity['transactions']} transactions, "
+                f"{activity['rows_inserted']} rows inserted, {activity['rows_updated']} updated "
+                f"for {frames} frames "
+                f"({activity['transactions'] / max(1, r['calls']):.0f} transactions per call)"
+            )
         for failure in r["failed_calls"][:3]:
             print(f"             failed: {failure}")
+    total = report.get("database_activity_total")
+    if total:
+        print(f"Database over the whole run (pg_stat_database after the server stopped): {total}")
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's table."""
+
+    def ms(value: Any) -> str:
+        return "-" if value is None else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+    def way(stats: dict[str, Any]) -> str:
+        return f"{ms(stats['p50'])} / {ms(stats['p99'])} / {ms(stats['max'])}"
+
+    lines = [
+        "| calls | call length | caller→OpenAI p50 / p99 / max ms | OpenAI→caller p50 / p99 / max ms "
+        "| frames lost / reordered | calls not connected / dropped | first audio p50 / max ms "
+        "| server CPU % (per call) | server RSS MiB (per call) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        uf, df = r["caller_to_openai_frames"], r["openai_to_caller_frames"]
+        first = r["first_agent_audio_ms"]
+        cut = " (cut at its time cap)" if r.get("abandoned") else ""
+        lines.append(
+            f"| {r['calls']}{cut} | {r['seconds']:g} s | {way(r['caller_to_openai_ms'])} "
+            f"| {way(r['openai_to_caller_ms'])} "
+            f"| {uf['lost'] + df['lost']} / {uf['reordered'] + df['reordered']} "
+            f"| {r['calls_failed_to_connect']} / {r['calls_dropped']} "
+            f"| {ms(first['p50'])} / {ms(first['max'])} "
+            f"| {fmt(r['server_cpu_pct'], 0)} ({fmt(r['server_cpu_pct_per_call'], 2)}) "
+            f"| {fmt(r['server_rss_peak_mib'], 0)} ({fmt(r['server_rss_per_call_kib'], 0)} KiB) |"
+        )
+    for skipped in report.get("skipped_rounds", []):
+        lines.append(f"| {skipped['calls']} | skipped: {skipped['reason']} | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def round_seconds(args: argparse.Namespace) -> list[float]:
+    """Call length per round: ``--seconds`` (one value, or one per ``--calls``), else 20 s
+    below 100 calls and 15 s from 100 up (the full default run stays well under 10 minutes)."""
+    if not args.seconds:
+        return [20.0 if n < 100 else 15.0 for n in args.calls]
+    if len(args.seconds) == 1:
+        return args.seconds * len(args.calls)
+    if len(args.seconds) != len(args.calls):
+        raise SystemExit("--seconds takes one value, or one per --calls value")
+    return list(args.seconds)
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -977,25 +1313,42 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         f"--delta-ms={args.delta_ms}",
         f"--speedup={args.speedup}",
     ]
+    postgres: tuple[str, str] | None = None  # (bench database URL, maintenance URL)
+    redis_url = ""
+    outcome: dict[str, Any] = {}
     try:
         fake, fake_port = start_fake(args.fake_port, logs / "fake_openai.log", fake_options)
         processes.append(fake)
         realtime_url = f"ws://127.0.0.1:{fake_port}/v1/realtime"
-        database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
-        server: subprocess.Popen[bytes] | None = None
         pids = {"fake": fake.pid, "driver": os.getpid()}
+        servers: list[subprocess.Popen[bytes]] = []
+        server_logs: list[Path] = []
         if args.server_url:
+            database_url = args.database_url or ""
             base_url = args.server_url.rstrip("/")
             public = (args.public_base_url or base_url).rstrip("/")
+            worker_urls = [base_url]
             if args.database_url:
                 env = child_env({"DATABASE_URL": database_url, "SECRET_KEY": "bench", "DEBUG": "false"})
-                await asyncio.to_thread(prepare_database, env, max(600, int(args.seconds) * 2 + 60))
-            if args.server_pid:
-                pids["server"] = args.server_pid
+                await asyncio.to_thread(
+                    prepare_database, env, max(600, int(max(args.round_seconds)) * 2 + 60)
+                )
+            server_pids = [args.server_pid] if args.server_pid else []
             print(f"Using the server at {base_url}; point its OPENAI_REALTIME_URL at {realtime_url}")
         else:
-            port = free_port()
-            base_url = public = f"http://127.0.0.1:{port}"
+            if args.database_url.startswith("postgres"):
+                postgres = await asyncio.to_thread(postgres_create, args.database_url)
+                database_url = postgres[0]
+                name = urllib.parse.urlsplit(database_url).path[1:]
+                print(f"PostgreSQL database {name} (dropped after the run)")
+            else:
+                database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
+            if args.redis_url:
+                redis_url = await asyncio.to_thread(redis_dedicated, args.redis_url)
+                print(f"Redis channel layer on {redis_url}")
+            ports = [free_port() for _ in range(args.workers)]
+            worker_urls = [f"http://127.0.0.1:{port}" for port in ports]
+            public = worker_urls[0]  # what Twilio would see: one public origin for every worker
             env = {
                 "DATABASE_URL": database_url,
                 "TWILIO_AUTH_TOKEN": args.auth_token,
@@ -1005,44 +1358,92 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "DEBUG": "false",
                 "SECRET_KEY": "bridge-latency-bench-not-a-secret",
                 "LOG_LEVEL": "WARNING",
+                "MEDIA_ROOT": str(workdir / "media"),  # recordings, as in production
             }
-            if args.redis_url:
-                env["REDIS_URL"] = args.redis_url
+            if redis_url:
+                env["REDIS_URL"] = redis_url
             env = child_env(env)
-            await asyncio.to_thread(prepare_database, env, max(600, int(args.seconds) * 2 + 60))
-            server = start_daphne(env, port, logs / "daphne.log")
-            processes.append(server)
-            pids["server"] = server.pid
+            await asyncio.to_thread(prepare_database, env, max(600, int(max(args.round_seconds)) * 2 + 60))
+            for i, port in enumerate(ports):
+                log_path = logs / ("daphne.log" if args.workers == 1 else f"daphne-{i}.log")
+                server = start_daphne(env, port, log_path)
+                processes.append(server)
+                servers.append(server)
+                server_logs.append(log_path)
+            server_pids = [server.pid for server in servers]
         ctx = Context(
             args=args,
             call_settings=CallSettings(
-                base_url=base_url,
+                base_url=worker_urls[0],
                 public_base_url=public,
                 auth_token=args.auth_token,
-                seconds=args.seconds,
+                seconds=0,
                 drain=args.drain,
                 barge_in_share=args.barge_in_share,
             ),
+            worker_urls=worker_urls,
             fake_url=f"ws://127.0.0.1:{fake_port}/bench/control",
             realtime_url=realtime_url,
             pids=pids,
-            server=server,
-            server_log=logs / "daphne.log" if server else None,
+            server_pids=server_pids,
+            servers=servers,
+            server_logs=server_logs,
+            database_url=database_url,
+            postgres=postgres is not None,
         )
-        # One short call first: imports, connections and caches are warm before measuring.
-        await run_round(ctx, 1, 3.0, warmup=True)
+        # One short call per worker first: imports, connections and caches are warm.
+        await run_round(ctx, len(worker_urls), 3.0, warmup=True)
         await asyncio.sleep(1.0)
-        if "server" in pids:
-            ctx.idle_rss_kib = rss_kib(pids["server"])
-        results = []
-        for n in args.calls:
-            print(f"... {n} concurrent call(s) for {args.seconds:g} s", flush=True)
-            results.append(await run_round(ctx, n, args.seconds))
+        ctx.idle_rss_kib = total([rss_kib(pid) for pid in server_pids])
+        results: list[dict[str, Any]] = []
+        skipped: list[dict[str, Any]] = []
+        broke_at = 0
+        for n, seconds in zip(args.calls, args.round_seconds, strict=True):
+            _, ramp, cap = round_shape(args, n, seconds)
+            left = args.max_total_seconds - (time.monotonic() - args.started)
+            if broke_at and n >= broke_at:
+                reason = f"a round of {broke_at} calls was already abandoned"
+            elif seconds + ramp + args.drain + 10 > left:
+                reason = f"would not fit in --max-total-seconds={args.max_total_seconds:g}"
+            else:
+                reason = ""
+            if reason:
+                print(f"... {n} concurrent calls skipped: {reason}", flush=True)
+                skipped.append({"calls": n, "seconds": seconds, "reason": reason})
+                continue
+            print(
+                f"... {n} concurrent call(s) for {seconds:g} s (started over {ramp:.1f} s, cap {cap:.0f} s)",
+                flush=True,
+            )
+            background = await wait_quiet(ctx, args.wait_quiet) if args.wait_quiet else None
+            result = await run_round(ctx, n, seconds)
+            result["background_cpu_pct_before"] = background
+            results.append(result)
+            if result["abandoned"]:
+                broke_at = n
             await asyncio.sleep(args.pause)
-        return {"results": results, "database": database_url.split(":", 1)[0], "redis": bool(args.redis_url)}
+        outcome = {
+            "results": results,
+            "skipped_rounds": skipped,
+            "database": database_url.split(":", 1)[0] if database_url else "server's own",
+            "redis": bool(redis_url or args.redis_url),
+        }
+        return outcome
     finally:
         for process in reversed(processes):
             stop_process(process)
+        if postgres is not None:
+            with contextlib.suppress(Exception):
+                # Statistics of the server's connections are flushed when they close.
+                await asyncio.sleep(1.0)
+                outcome["database_activity_total"] = await asyncio.to_thread(postgres_activity, postgres[0])
+            try:
+                await asyncio.to_thread(postgres_drop, *postgres)
+            except Exception as exc:
+                print(f"Could not drop the benchmark database {postgres[0]}: {exc}", file=sys.stderr)
+        if redis_url:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(redis_clear, redis_url)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -1051,30 +1452,87 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--calls", type=int, nargs="+", default=[1, 10, 50], help="concurrent calls per round"
+        "--calls",
+        type=int,
+        nargs="+",
+        default=[1, 10, 50, 100, 200, 400],
+        help="concurrent calls per round (default: 1 10 50 100 200 400)",
     )
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each call")
-    parser.add_argument("--database-url", default="", help="default: a fresh temporary SQLite file")
-    parser.add_argument("--redis-url", default="", help="REDIS_URL for the server (channel layer)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        nargs="+",
+        default=None,
+        help="length of each call: one value, or one per --calls (default: 20 below 100 calls, 15 from 100)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="default: a temporary SQLite file; postgres://...: a fresh database there, dropped after",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default="",
+        help=f"Redis channel layer for the server (db {BENCH_REDIS_DB} unless the URL names one)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="server processes; calls are spread over them")
     parser.add_argument("--server-url", default="", help="use this running server instead of starting one")
     parser.add_argument("--server-pid", type=int, default=0, help="with --server-url: its pid, for CPU/RSS")
     parser.add_argument("--public-base-url", default="", help="with --server-url: its PUBLIC_BASE_URL")
     parser.add_argument("--auth-token", default=AUTH_TOKEN, help="TWILIO_AUTH_TOKEN the server checks")
     parser.add_argument("--fake-port", type=int, default=0, help="port of the fake OpenAI server (0: any)")
     parser.add_argument("--stagger", type=float, default=0.05, help="seconds between call starts")
+    parser.add_argument(
+        "--max-ramp", type=float, default=5.0, help="start a round's calls within this many s"
+    )
     parser.add_argument("--drain", type=float, default=2.0, help="quiet seconds before hanging up")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between rounds")
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        default=0,
+        help="hard cap per round (default: call length + ramp + 47 s)",
+    )
+    parser.add_argument(
+        "--max-total-seconds",
+        type=float,
+        default=570,
+        help="skip rounds that would end the run later than this",
+    )
+    parser.add_argument(
+        "--max-server-rss-mib", type=int, default=4096, help="abandon a round when the server grows past this"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        help="before each round, wait up to this many s for other processes to go quiet",
+    )
     parser.add_argument("--barge-in-share", type=float, default=0.35, help="share of answers barged into")
     parser.add_argument("--greeting-ms", type=int, default=2000)
     parser.add_argument("--delta-ms", type=int, default=200, help="agent audio per output_audio.delta")
     parser.add_argument("--speedup", type=float, default=4.0, help="agent audio streaming speed vs real time")
     parser.add_argument("--py-spy", action="store_true", help="profile the server with py-spy each round")
+    parser.add_argument("--plot", type=Path, default=None, help="draw latency, CPU and memory to this PNG")
     parser.add_argument("--output", type=Path, default=RESULTS / "bridge_latency.json")
     args = parser.parse_args()
+    if args.workers < 1 or any(n < 1 for n in args.calls):
+        parser.error("--workers and --calls must be at least 1")
+    if args.server_url and (args.workers != 1 or args.redis_url):
+        parser.error("--workers and --redis-url configure the server this script starts, not --server-url")
+    args.round_seconds = round_seconds(args)
+    args.started = time.monotonic()
+    raise_open_files_limit()
     machine = machine_info()
-    began = time.monotonic()
+    machine["background_cpu_pct_before_run"] = background_cpu()
+    if machine["background_cpu_pct_before_run"] > 10:
+        print(
+            f"WARNING: other processes use {machine['background_cpu_pct_before_run']:g} % CPU "
+            "(100 = one core): the numbers will be disturbed.",
+            flush=True,
+        )
     outcome = asyncio.run(bench(args))
-    elapsed = time.monotonic() - began
+    elapsed = time.monotonic() - args.started
     report = {
         "benchmark": "bridge_latency",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -1087,8 +1545,9 @@ def main() -> None:
         ),
         "config": {
             "calls": args.calls,
-            "seconds": args.seconds,
+            "seconds": args.round_seconds,
             "stagger_s": args.stagger,
+            "max_ramp_s": args.max_ramp,
             "drain_s": args.drain,
             "barge_in_share": args.barge_in_share,
             "greeting_ms": args.greeting_ms,
@@ -1096,15 +1555,26 @@ def main() -> None:
             "speedup": args.speedup,
             "database": outcome["database"],
             "redis": outcome["redis"],
+            "workers": args.workers,
+            "recording": True,
             "server_url": args.server_url or None,
             "py_spy": args.py_spy,
         },
         "results": outcome["results"],
+        "skipped_rounds": outcome["skipped_rounds"],
+        "database_activity_total": outcome.get("database_activity_total"),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(outcome["results"], machine, args)
-    print(f"\nTotal run time {elapsed:.0f} s. JSON: {args.output}")
+    args.output.with_suffix(".md").write_text(markdown_table(report))
+    print_table(report)
+    if args.plot:
+        from bench.plot import plot_reports
+
+        plot_reports([report], args.plot)
+        print(f"Plot: {args.plot}")
+    markdown = args.output.with_suffix(".md")
+    print(f"\nTotal run time {elapsed:.0f} s. JSON: {args.output}; Markdown table: {markdown}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,38 +15,36 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
-def test_bridge_latency_benchmark_reports_delivered_frames(tmp_path: Path) -> None:
-    output = tmp_path / "bridge_latency.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "bridge_latency.py"),
-            "--calls",
-            "2",
-            "--seconds",
-            "3",
-            "--pause",
-            "0",
-            "--output",
-            str(output),
-        ],
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bridge_latency.py"), "--pause", "0", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=240,
         check=False,
     )
+
+
+def test_bridge_latency_benchmark_reports_delivered_frames(tmp_path: Path) -> None:
+    output = tmp_path / "bridge_latency.json"
+    plot = tmp_path / "bridge_latency.png"
+    completed = run_bench("--calls", "2", "--seconds", "3", "--output", str(output), "--plot", str(plot))
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "share these" in completed.stdout  # readers are told the CPUs are shared
 
     report = json.loads(output.read_text())
     machine = report["machine"]
     assert machine["nproc"] >= 1 and machine["cpu_model"] is not None and machine["python"]
+    assert report["config"]["seconds"] == [3.0] and report["skipped_rounds"] == []
     [result] = report["results"]
     assert result["calls"] == 2
     assert result["failed_calls"] == []
+    assert result["calls_connected"] == 2 and result["calls_failed_to_connect"] == 0
+    assert result["abandoned"] is None
     assert result["close_codes"] == [1000]
     assert result["twilio_protocol_errors"] == 0
+    assert result["recordings_stored"] == 2  # the bench agent records, as production does
 
     up = result["caller_to_openai_frames"]
     assert up["sent"] == 2 * 150  # 3 s of 20 ms frames per call
@@ -67,3 +66,21 @@ def test_bridge_latency_benchmark_reports_delivered_frames(tmp_path: Path) -> No
     assert result["server_rss_peak_mib"] > 0
     assert result["driver_loop_lag_ms"]["n"] > 0
     assert set(result["timeline"]) == {"caller_to_openai_ms", "openai_to_caller_ms"}
+    assert output.with_suffix(".md").read_text().startswith("| calls |")
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_calls_that_cannot_connect_are_reported_as_such(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    output = tmp_path / "refused.json"
+    completed = run_bench("--server-url", dead, "--calls", "3", "--seconds", "1", "--output", str(output))
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+    [result] = json.loads(output.read_text())["results"]
+    assert result["calls_connected"] == 0 and result["calls_failed_to_connect"] == 3
+    assert {f["kind"] for f in result["failed_calls"]} == {"connect"}
+    assert {f["phase"] for f in result["failed_calls"]} == {"webhook"}
+    # Frames never sent are not counted as lost.
+    assert result["caller_to_openai_frames"]["sent"] == 0 == result["caller_to_openai_frames"]["lost"]
