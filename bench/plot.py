@@ -47,6 +47,7 @@ def plot_reports(reports: list[dict[str, Any]], path: Path, title: str | None = 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9), constrained_layout=True)
     (up_ax, down_ax), (cpu_ax, mem_ax) = axes
     all_calls: set[int] = set()
+    notes: list[str] = []
     nproc = 1
     for index, report in enumerate(reports):
         color = COLORS[index % len(COLORS)]
@@ -64,22 +65,20 @@ def plot_reports(reports: list[dict[str, Any]], path: Path, title: str | None = 
             )
             for r in results:
                 frames = "caller_to_openai_frames" if key.startswith("caller") else "openai_to_caller_frames"
-                trouble = []
-                if r[frames]["lost"]:
-                    trouble.append(f"{r[frames]['lost']} lost")
-                failed = r.get("calls_failed_to_connect", 0) + r.get("calls_dropped", 0)
-                if failed:
-                    trouble.append(f"{failed} calls failed")
-                if trouble:
-                    ax.annotate(
-                        ", ".join(trouble),
-                        (r["calls"], _value(r[key], "p99")),
-                        textcoords="offset points",
-                        xytext=(-10, 8),
-                        ha="right",
-                        fontsize=8,
-                        color=color,
-                    )
+                if r[frames]["lost"] or r.get("calls_dropped") or r.get("calls_failed_to_connect"):
+                    ax.plot([r["calls"]], [_value(r[key], "p99")], "x", color="black", markersize=9)
+        for r in results:
+            trouble = []
+            lost = r["caller_to_openai_frames"]["lost"] + r["openai_to_caller_frames"]["lost"]
+            if lost:
+                trouble.append(f"{lost} frames lost")
+            for key, what in (("calls_failed_to_connect", "not connected"), ("calls_dropped", "dropped")):
+                if r.get(key):
+                    trouble.append(f"{r[key]} call{'s' if r[key] != 1 else ''} {what}")
+            if r.get("abandoned"):
+                trouble.append("round cut at its time cap")
+            if trouble:
+                notes.append(f"x  {label}, {r['calls']} calls: " + ", ".join(trouble))
         cpu_ax.plot(
             calls,
             [math.nan if r["server_cpu_pct"] is None else r["server_cpu_pct"] for r in results],
@@ -144,6 +143,10 @@ def plot_reports(reports: list[dict[str, Any]], path: Path, title: str | None = 
         )
     if title:
         fig.suptitle(title, fontsize=11)
+    if notes:
+        bottom = 0.018 * (len(notes) + 1)
+        fig.get_layout_engine().set(rect=(0, bottom, 1, 1 - bottom))
+        fig.text(0.01, 0.004, "\n".join(notes), fontsize=8, va="bottom")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
