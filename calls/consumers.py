@@ -273,7 +273,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def _perform(self) -> None:
         """Carry out what the bridge decided, without waiting on OpenAI or the database."""
         assert self.bridge is not None
-        if not self.bridge.awaiting_transcripts:
+        # Only while ending: the check scans the conversation, too costly for every frame.
+        if self.finishing is not None and not self.bridge.awaiting_transcripts:
             self.transcripts_settled.set()
         for action in self.bridge.drain():
             if isinstance(action, SendTwilio):
