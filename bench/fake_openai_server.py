@@ -73,6 +73,8 @@ class Options:
     speedup: float = 4.0  # audio streamed this many times faster than real time
     think_ms: int = 250  # from commit to response.created
     transcription_ms: int = 150
+    handshake_ms: int = 0  # WebSocket upgrade answered this late (TCP + TLS + upgrade to OpenAI)
+    session_created_ms: int = 0  # then session.created this late (the service setting up)
 
 
 @dataclass
@@ -156,9 +158,12 @@ class LeanRealtimeFake:
 
     # -- connections -------------------------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if urlsplit(request.path).path not in (REALTIME_PATH, CONTROL_PATH):
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path not in (REALTIME_PATH, CONTROL_PATH):
             return connection.respond(404, "Not Found\n")
+        if path == REALTIME_PATH and self.options.handshake_ms > 0:
+            await asyncio.sleep(self.options.handshake_ms / 1000)  # this upgrade only
         return None
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -176,6 +181,8 @@ class LeanRealtimeFake:
         self.session_count += 1
         self.sessions.append(session)
         try:
+            if self.options.session_created_ms > 0:
+                await asyncio.sleep(self.options.session_created_ms / 1000)
             await self.send(session, {"type": "session.created", "session": base_session()})
             async for raw in ws:
                 await self.dispatch(session, raw)
@@ -553,6 +560,8 @@ async def main_async(args: argparse.Namespace) -> None:
         delta_ms=args.delta_ms,
         speedup=args.speedup,
         think_ms=args.think_ms,
+        handshake_ms=args.handshake_ms,
+        session_created_ms=args.session_created_ms,
     )
     fake = LeanRealtimeFake(options)
     stop = asyncio.Event()
@@ -587,6 +596,12 @@ def main() -> None:
     parser.add_argument("--delta-ms", type=int, default=200, help="audio per output_audio.delta")
     parser.add_argument("--speedup", type=float, default=4.0, help="streaming speed versus real time")
     parser.add_argument("--think-ms", type=int, default=250)
+    parser.add_argument(
+        "--handshake-ms", type=int, default=0, help="delay before answering each WebSocket upgrade"
+    )
+    parser.add_argument(
+        "--session-created-ms", type=int, default=0, help="delay from the upgrade to session.created"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(main_async(args))

@@ -22,16 +22,12 @@ from calls.bridge_actions import (
     CallSummary,
     EndCall,
     RecordError,
-    RecycleSession,
-    RunTool,
-    SaveToolCall,
     SaveTurn,
     SendOpenAI,
     SendTwilio,
-    ToolCallRecord,
-    Transfer,
     TurnRecord,
 )
+from calls.call_control import CLOSING_METADATA, CallControl, Closing
 from calls.playback import Playback
 from calls.realtime import AgentConfig
 
@@ -42,34 +38,8 @@ logger = logging.getLogger(__name__)
 CHUNK_CHARS = 1280
 # Caller audio kept while OpenAI connects (the caller's first words matter): 10 s.
 MAX_EARLY_FRAMES = 500
-# Key presses are gathered until a pause (or '#') so "1234#" reaches the model as one turn.
-DTMF_PAUSE = 1.5
-# How long the agent has to wrap up before the time limit, and the grace after it.
-WRAP_UP_SECONDS = 20
-HARD_STOP_GRACE = 10
-# A goodbye that never finishes playing (marks lost) does not keep the call open forever.
-CLOSING_DEADLINE = 20.0
-TRANSFER_STOP_DEADLINE = 10.0
-# While nothing plays, re-measure the round trip to Twilio this often.
-PROBE_INTERVAL = 2.0
-# How long past ``session_max_seconds`` to wait for a quiet moment before recycling anyway.
-SESSION_RECYCLE_GRACE = 60.0
 # Conversation items we re-create in a new OpenAI session carry this id prefix.
 REPLAY_PREFIX = "replay_"
-# Tags the response.create of a goodbye we asked for, so its response can be recognised.
-CLOSING_METADATA = "voiceagent_closing"
-
-
-@dataclass(slots=True)
-class Closing:
-    """The call is to end once the agent has finished speaking (or at ``deadline``)."""
-
-    reason: str
-    deadline: float
-    transfer_to: str = ""
-    wait_for_goodbye: bool = False  # a goodbye was asked for and has not been said yet
-    goodbye_response: str = ""
-    fired: bool = False
 
 
 @dataclass(slots=True)
@@ -105,7 +75,10 @@ def add_usage(total: dict[str, Any], usage: object) -> None:
             add_usage(total.setdefault(key, {}), value)
 
 
-class CallBridge:
+class CallBridge(CallControl):
+    """Audio both ways, barge-in, transcripts and the OpenAI session's life; what the agent
+    does to the call itself (tools, transfer, ending, limits, keys) is ``CallControl``'s."""
+
     def __init__(self, agent: AgentConfig, *, stream_sid: str, call_sid: str, now: float) -> None:
         self.agent = agent
         self.stream_sid = stream_sid
@@ -180,10 +153,14 @@ class CallBridge:
 
     # -- OpenAI connection ----------------------------------------------------------------
 
-    def on_openai_connected(self) -> None:
+    def on_openai_connected(self, *, configured: bool = False) -> None:
+        """A session is open. ``configured``: it was opened before the call's media socket
+        (calls/preconnect.py) and already sent this agent's session.update; sending it
+        again would only cost a second round of session.updated."""
         self.sessions += 1
         self._recycle_requested = False
-        self._outbox.append(SendOpenAI(realtime.dumps(realtime.session_update(self.agent))))
+        if not configured:
+            self._outbox.append(SendOpenAI(realtime.dumps(realtime.session_update(self.agent))))
 
     def on_openai_lost(self, now: float, reason: str, *, planned: bool = False) -> None:
         """The OpenAI session is gone (dropped, or replaced on purpose). Until the next one is
@@ -477,210 +454,6 @@ class CallBridge:
         error = event.get("error") if isinstance(event.get("error"), dict) else {}
         logger.warning("call %s: caller transcription failed: %s", self.call_sid, error.get("message"))
         self._save(item, "")
-
-    # -- tools ----------------------------------------------------------------------------
-
-    def _on_function_call(self, event: dict[str, Any], now: float) -> None:
-        call_id = str(event.get("call_id") or "")
-        name = str(event.get("name") or "")
-        arguments = str(event.get("arguments") or "")
-        item = self._item(str(event.get("item_id") or call_id), "tool")
-        if not call_id:
-            return
-        if name not in self.agent.tool_names:
-            self._tool_done(item.position, name, call_id, arguments, error=f"unknown tool {name!r}")
-            self._request_response()
-        elif name == "end_call":
-            self._tool_done(item.position, name, call_id, arguments, result={"ok": True})
-            self._close_after_speaking("agent_ended", now)
-        elif name == "transfer_call":
-            self._on_transfer_call(item.position, call_id, arguments, now)
-        else:
-            self._pending_tools.add(call_id)
-            self._outbox.append(RunTool(call_id, name, arguments, item.position))
-
-    def on_tool_result(self, call_id: str, output: str, record: ToolCallRecord, now: float) -> None:
-        """A function tool finished (or failed): give the model its output and let it speak."""
-        if call_id not in self._pending_tools:
-            return
-        self._pending_tools.discard(call_id)
-        self._remember_tool(record.position, record.name, output)
-        self._outbox.append(SaveToolCall(record))
-        self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
-        if not self._pending_tools and self._closing is None:
-            self._request_response()
-
-    def _tool_done(
-        self, position: int, name: str, call_id: str, arguments: str, *, result: Any = None, error: str = ""
-    ) -> None:
-        output = realtime.dumps({"error": error} if error else result)
-        self._outbox.append(
-            SaveToolCall(ToolCallRecord(position, name, call_id, arguments, result, error, 0))
-        )
-        self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
-
-    def _on_transfer_call(self, position: int, call_id: str, arguments: str, now: float) -> None:
-        destinations = self.agent.transfer_destinations
-        try:
-            requested = realtime.json_object(arguments).get("destination") or ""
-        except ValueError:
-            requested = ""
-        if not destinations:
-            error = "no transfer number is configured for this agent"
-        elif requested and requested not in destinations:
-            error = f"{requested!r} is not an allowed destination"
-        else:
-            number = requested or destinations[0]
-            self._tool_done(position, "transfer_call", call_id, arguments, result={"transferring_to": number})
-            self._close_after_speaking("transferred", now, transfer_to=number)
-            return
-        self._tool_done(position, "transfer_call", call_id, arguments, error=error)
-        self._request_response()
-
-    def _remember_tool(self, position: int, name: str, output: str) -> None:
-        """Kept as text so a replacement OpenAI session can be told what tools returned."""
-        for item in self.items.values():
-            if item.position == position:
-                item.transcript = f"Earlier in this call the tool {name} returned: {output[:2000]}"
-                return
-
-    def on_transfer_result(self, ok: bool, error: str, now: float) -> None:
-        if ok:
-            assert self._closing is not None
-            self._transferred_to = self._closing.transfer_to
-            self._transfer_started = now
-            return
-        # The caller stays with the agent, who explains.
-        self._closing = None
-        self._outbox.append(RecordError(f"Transfer failed: {error}"))
-        self._outbox.append(
-            SendOpenAI(
-                realtime.text_item(
-                    "The transfer failed. Apologise briefly and offer to keep helping.", role="system"
-                )
-            )
-        )
-        self._request_response()
-
-    @property
-    def transferred_to(self) -> str:
-        """The number the call was (or is being) transferred to."""
-        if self._transferred_to:
-            return self._transferred_to
-        closing = self._closing
-        return closing.transfer_to if closing is not None and closing.fired else ""
-
-    # -- ending the call, limits, silence, key presses --------------------------------------
-
-    def _close_after_speaking(self, reason: str, now: float, *, transfer_to: str = "", say: str = "") -> None:
-        if self._closing is not None and self._closing.fired:
-            return
-        self._closing = Closing(reason, now + CLOSING_DEADLINE, transfer_to)
-        if say:
-            self._closing.wait_for_goodbye = True
-            self._outbox.append(SendOpenAI(realtime.text_item(say, role="system")))
-            self._request_response(metadata={CLOSING_METADATA: reason})
-        self._maybe_close(now)
-
-    def _maybe_close(self, now: float) -> None:
-        closing = self._closing
-        if closing is None or closing.fired:
-            return
-        speaking = self._active_response is not None or self.playback.is_playing or closing.wait_for_goodbye
-        if speaking and now < closing.deadline:
-            return
-        closing.fired = True
-        if closing.transfer_to:
-            self._outbox.append(Transfer(closing.transfer_to))
-        else:
-            self._end(closing.reason, hang_up=True)
-
-    def _on_timeout_triggered(self, event: dict[str, Any], now: float) -> None:
-        """The session's idle timeout fired: the service is prompting the silent caller."""
-        self._silence_prompts += 1
-        if self._silence_prompts <= self.agent.max_silence_prompts or self._closing is not None:
-            return
-        # Enough prompting: after the service's prompt, a goodbye, then hang up.
-        self._close_after_speaking(
-            "silence",
-            now,
-            say="The caller has not answered for a while. Say a brief, polite goodbye now.",
-        )
-
-    def _on_dtmf(self, digit: str, now: float) -> None:
-        self._dtmf.append(digit)
-        self._dtmf_last = now
-        if digit == "#":
-            self._flush_dtmf(now)
-
-    def _flush_dtmf(self, now: float) -> None:
-        digits = "".join(self._dtmf)
-        self._dtmf.clear()
-        self._dtmf_count += 1
-        item = self._item(f"dtmf_{self._dtmf_count}", "caller")
-        item.started_ms = item.ended_ms = self._offset_ms(now)
-        item.saved = True
-        self._outbox.append(
-            SaveTurn(
-                TurnRecord(
-                    item.position,
-                    "caller",
-                    f"Pressed {digits}",
-                    item.item_id,
-                    item.started_ms,
-                    item.ended_ms,
-                    kind="dtmf",
-                )
-            )
-        )
-        noun = "key" if len(digits) == 1 else "keys"
-        self._outbox.append(
-            SendOpenAI(
-                realtime.text_item(
-                    f"[The caller pressed the {noun} {digits} on their phone keypad.]", item_id=item.item_id
-                )
-            )
-        )
-        self._request_response()
-
-    def on_tick(self, now: float) -> None:
-        """Called a few times a second: key-press pauses, the time limit, stuck goodbyes,
-        and round-trip probes while nothing is playing."""
-        if not self.playback.pending and now - self.playback.last_probe >= PROBE_INTERVAL:
-            self._probe(now)
-        if self._dtmf and now - self._dtmf_last >= DTMF_PAUSE:
-            self._flush_dtmf(now)
-        if self.live and self.ended is None:
-            elapsed = now - self.started_at
-            limit = self.agent.max_call_seconds
-            wrap_up = min(WRAP_UP_SECONDS, limit / 4)
-            if elapsed >= limit + HARD_STOP_GRACE:
-                self._end("time_limit", hang_up=True)
-            elif elapsed >= limit - wrap_up and not self._wrap_up_sent:
-                self._wrap_up_sent = True
-                self._close_after_speaking(
-                    "time_limit",
-                    now,
-                    say="The call has reached its time limit. Tell the caller politely that you "
-                    "have to end the call now, and say goodbye.",
-                )
-        if self._transferred_to and now - self._transfer_started > TRANSFER_STOP_DEADLINE:
-            self._end("transferred")
-        self._maybe_recycle(now)
-        self._maybe_close(now)
-
-    def _maybe_recycle(self, now: float) -> None:
-        """OpenAI ends a session at 60 minutes. Past ``session_max_seconds`` the session is
-        replaced at the first quiet moment (nobody speaking, no tool running), where the
-        switch cannot be heard; past the limit minus one minute, even if it is not quiet."""
-        age = now - self._session_live_since
-        limit = self.agent.session_max_seconds
-        if not self.live or self._recycle_requested or self.ended is not None or age < limit:
-            return
-        quiet = self._active_response is None and not self.playback.is_playing and not self._pending_tools
-        if quiet or age >= limit + SESSION_RECYCLE_GRACE:
-            self._recycle_requested = True
-            self._outbox.append(RecycleSession())
 
     # -- turns ----------------------------------------------------------------------------
 

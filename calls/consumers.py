@@ -1,16 +1,17 @@
 """The media socket: authenticates Twilio, then runs the bridge between the two sockets.
 
 Thin on purpose: protocol decisions live in ``calls.bridge`` (sans-IO). This module
-accepts, authenticates, forwards, runs the relay tasks and calls services. Consumer
-dispatch is sequential, so each slow direction has its own task: sends to OpenAI go
-through a queue and a sender task, events from OpenAI are read by a reader task, and
-turns are written to the database by a writer task, never in the audio path.
+accepts, authenticates, forwards, runs the relay tasks and calls services. Twilio frames
+are handled in one plain loop and forwarded to OpenAI as they come; events from OpenAI are
+read by a reader task, channel-layer messages by another, and turns are written to the
+database by a writer task, never in the audio path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -18,12 +19,14 @@ from typing import Any
 
 import websockets
 from asgiref.sync import sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from calls import live, realtime, services, tools, twilio_media, twilio_rest, twiml
+from calls import live, preconnect, realtime, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
 from calls.bridge_actions import (
     AgentAudio,
@@ -41,7 +44,7 @@ from calls.bridge_actions import (
     Transfer,
 )
 from calls.models import EndedReason
-from calls.recording import Mixer, WavFile
+from calls.recording import Mixer, Recorder, WavFile
 from calls.signatures import websocket_signature_valid
 
 logger = logging.getLogger(__name__)
@@ -61,13 +64,19 @@ MAX_EARLY_PAYLOAD_CHARS = 1024
 # After ``stop``, how long to wait for transcriptions of what the caller said last.
 TRANSCRIPT_GRACE_SECONDS = 2.0
 LOGGED_BAD_FRAMES = 5
+# When the server stops, each call gets this long to store what is left and close cleanly.
+SHUTDOWN_GRACE_SECONDS = 5.0
 DB_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
 TICK_SECONDS = 0.25
+# The recording is written once a second: each write is a hop to a worker thread.
+RECORD_EVERY_TICKS = 4
 # Reconnect after a dropped OpenAI session within about 2 s; a session that lived this long
 # counts as healthy again. Close codes 3000 (bad key) and 4000 (beta shape) cannot be retried.
 RECONNECT_DELAYS = (0.1, 0.5, 1.0)
 STABLE_SESSION_SECONDS = 30.0
 FATAL_CLOSE_CODES = frozenset({3000, 4000})
+# OpenAI events handled back to back before the reader yields (a burst of deltas: ~1 ms).
+OPENAI_BURST = 16
 
 
 def _db(function: Any) -> Any:
@@ -76,13 +85,71 @@ def _db(function: Any) -> Any:
 
 
 class MediaStreamConsumer(AsyncWebsocketConsumer):
+    call_sid = "-"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' loop (``await_many_dispatch``) creates a task and runs ``asyncio.wait``
+        for every message, a fifth of the event loop's time at 100 calls. Here socket
+        messages are read in a plain loop, and the channel layer (rare: hang-up requests)
+        by a task of its own, whose failure costs live control, never the call."""
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        from_layer: asyncio.Task[None] | None = None
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            from_layer = asyncio.create_task(self._receive_from_layer())
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+        except asyncio.CancelledError:
+            await self._server_stopping()
+            raise
+        finally:
+            if from_layer is not None:
+                from_layer.cancel()
+                await asyncio.gather(from_layer, return_exceptions=True)
+
+    async def _server_stopping(self) -> None:
+        """Daphne cancels every connection when the server stops (SIGTERM, a deploy): end the
+        call properly instead of leaving it open. What was said and recorded is stored, OpenAI
+        is closed, and the 4500 close makes Twilio fetch ``<Connect action>`` (served by a
+        worker still running), so the caller hears an apology rather than dead air."""
+        if getattr(self, "bridge", None) is None:
+            return
+        logger.warning("call %s: server stopping; ending the call", self.call_sid)
+        self._request_end(EndCall(EndedReason.SERVER_RESTART, "the server stopped during the call"))
+        assert self.finishing is not None
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
+                await asyncio.shield(self.finishing)
+        except TimeoutError:
+            logger.error(
+                "call %s: could not finish within %.0f s of the stop", self.call_sid, SHUTDOWN_GRACE_SECONDS
+            )
+
+    async def _receive_from_layer(self) -> None:
+        while True:
+            try:
+                message = await self.channel_receive()
+            except Exception:
+                logger.warning("call %s: channel layer unavailable", self.call_sid, exc_info=True)
+                return
+            try:
+                await super().dispatch(message)
+            except Exception:
+                logger.exception("call %s: failed on channel layer message", self.call_sid)
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs ``aclose_old_connections`` in its single shared worker thread before
         # every handler. Media frames never touch the database on this path (writes go
         # through ``_db`` in other threads), and that hop cost a quarter of a core and most
         # of the inbound p99 at 50 calls (bench/README.md): skip it for frames.
         if message["type"] == "websocket.receive":
-            await self.websocket_receive(message)
+            await self.receive(message.get("text"), message.get("bytes"))
         else:
             await super().dispatch(message)
 
@@ -94,13 +161,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
         self.twilio_closed = False
-        self.to_openai: asyncio.Queue[str] = asyncio.Queue()
         self.to_database: asyncio.Queue[SaveTurn | SaveToolCall | RecordError | None] = asyncio.Queue()
         self.ticker: asyncio.Task[None] | None = None
         self.openai_ws: Any = None
         self.recycling = False
-        self.mixer: Mixer | None = None
+        self.recorder: Recorder | None = None
         self.wav: WavFile | None = None
+        self.recording_flush: asyncio.Future[None] | None = None
         self.in_call_group = False
         self.transcripts_settled = asyncio.Event()
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
@@ -143,8 +210,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if getattr(event, "stream_sid", self.bridge.stream_sid) not in ("", self.bridge.stream_sid):
             self._bad_frame("streamSid of another stream")
             return
-        if self.mixer is not None and isinstance(event, twilio_media.Media):
-            self.mixer.caller(event.payload, event.timestamp_ms)
+        if self.recorder is not None and isinstance(event, twilio_media.Media):
+            self.recorder.caller(event.payload, event.timestamp_ms)
         try:
             self.bridge.on_twilio(event, time.monotonic())
         except Exception:
@@ -215,8 +282,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if agent.record:
             await self._start_recording(now)
         for media in self.early:
-            if self.mixer is not None:
-                self.mixer.caller(media.payload, media.timestamp_ms)
+            if self.recorder is not None:
+                self.recorder.caller(media.payload, media.timestamp_ms)
             self.bridge.on_twilio(media, now)
         self.early.clear()
         await self._join_call_group(call)
@@ -234,7 +301,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         except OSError as exc:  # a full disk costs the recording, never the call
             logger.error("call %s: cannot record (%s)", self.call_sid, exc)
             return
-        self.mixer = Mixer(started_at=now)
+        self.recorder = Recorder(Mixer(started_at=now), self.wav)
         self.bridge.record_audio = True
 
     async def _join_call_group(self, call: Any) -> None:
@@ -280,13 +347,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             if isinstance(action, SendTwilio):
                 await self._send_twilio(action.text)
             elif isinstance(action, SendOpenAI):
-                self.to_openai.put_nowait(action.text)
+                await self._send_openai(action.text)
             elif isinstance(action, AgentAudio):
-                if self.mixer is not None:
-                    self.mixer.agent(action.payload, action.starts)
+                if self.recorder is not None:
+                    self.recorder.agent(action.payload, action.starts)
             elif isinstance(action, AgentCut):
-                if self.mixer is not None:
-                    self.mixer.cut_agent(action.at)
+                if self.recorder is not None:
+                    self.recorder.cut_agent(action.at)
             elif isinstance(action, SaveTurn):
                 self.to_database.put_nowait(action)
                 if self.in_call_group:
@@ -322,7 +389,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if self.twilio_closed:
             return
         try:
-            await self.send(text_data=text)
+            await self.base_send({"type": "websocket.send", "text": text})  # two layers fewer
         except Exception as exc:  # daphne raises autobahn's Disconnected
             self.twilio_closed = True
             logger.info("call %s: Twilio socket already closed (%s)", self.call_sid, type(exc).__name__)
@@ -334,24 +401,26 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
     async def _tick(self) -> None:
         """Time-based decisions (limits, key-press pauses) are the bridge's; this only ticks."""
+        ticks = 0
         while True:
             await asyncio.sleep(TICK_SECONDS)
             assert self.bridge is not None
             now = time.monotonic()
             self.bridge.on_tick(now)
             await self._perform()
-            if self.mixer is not None and self.wav is not None:
-                pcm = self.mixer.take(now)
-                if pcm:
-                    await self._record(pcm)
+            ticks += 1
+            if self.recorder is not None and ticks % RECORD_EVERY_TICKS == 0:
+                await self._record(self.recorder, now)
 
-    async def _record(self, pcm: bytes) -> None:
-        assert self.wav is not None
+    async def _record(self, recorder: Recorder, now: float) -> None:
+        # Mixing, conversion and file I/O in a worker thread, off the audio loop. Shielded: a
+        # batch taken must be written even if the ticker is cancelled as the call ends.
+        self.recording_flush = asyncio.ensure_future(_db(recorder.flush)(recorder.batch(), now))
         try:
-            await _db(self.wav.append)(pcm)  # file I/O in a worker thread, off the audio loop
+            await asyncio.shield(self.recording_flush)
         except OSError as exc:
             logger.error("call %s: recording stopped (%s)", self.call_sid, exc)
-            self.mixer = None
+            self.recorder = None  # what was written so far is still stored at the end
 
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await tools.run_tool(action.name, action.arguments, self.tool_context)
@@ -414,35 +483,40 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(RECONNECT_DELAYS[failures])
             failures += 1
 
+    async def _connect_openai(self, url: str) -> tuple[Any, bool]:
+        """The call's first session may be the one its webhook opened (calls/preconnect.py),
+        already configured; reconnects and recycles, or no usable one, connect afresh.
+        Returns the socket and whether its session.update was already sent."""
+        assert self.bridge is not None
+        pending = preconnect.claim(self.call_sid) if self.bridge.sessions == 0 else None
+        if pending is not None:
+            ws = await pending.connection(self.bridge.agent, timeout=OPENAI_CONNECT_TIMEOUT)
+            if ws is not None:
+                return ws, True
+        ws = await preconnect.open_session(url, settings.OPENAI_API_KEY, timeout=OPENAI_CONNECT_TIMEOUT)
+        return ws, False
+
     async def _openai_session(self, url: str) -> tuple[bool, str] | None:
         """Run one OpenAI session. None if we closed it on purpose, else (fatal, why)."""
         assert self.bridge is not None
         self.recycling = False
         try:
-            async with websockets.connect(
-                url,
-                additional_headers=realtime.connect_headers(settings.OPENAI_API_KEY),
-                open_timeout=OPENAI_CONNECT_TIMEOUT,
-                max_size=16 * 1024 * 1024,
-                compression=None,
-                close_timeout=2,
-            ) as ws:
+            ws, configured = await self._connect_openai(url)
+            async with ws:
                 self.openai_ws = ws
-                while not self.to_openai.empty():  # left over from a lost session
-                    self.to_openai.get_nowait()
-                self.bridge.on_openai_connected()
+                self.bridge.on_openai_connected(configured=configured)
                 await self._perform()
-                sender = asyncio.create_task(self._send_openai(ws))
-                try:
-                    async for message in ws:
-                        self._on_openai_message(message)
-                        await self._perform()
-                        # A burst of buffered deltas would otherwise be handled in one go:
-                        # let the transport flush (marks are timed by when audio leaves)
-                        # and let other calls' audio through.
+                handled = 0
+                async for message in ws:
+                    self._on_openai_message(message)
+                    await self._perform()
+                    handled += 1
+                    if handled % OPENAI_BURST == 0:
+                        # Let the transport flush and other calls' audio through. Yielding
+                        # after every event put each delta of a burst a whole loop round
+                        # behind the last: at 200 calls, OpenAI->caller p99 555-1570 ms
+                        # against 208-230 ms this way.
                         await asyncio.sleep(0)
-                finally:
-                    sender.cancel()
         except InvalidStatus as exc:
             status = exc.response.status_code
             return status in (401, 403), f"OpenAI refused the connection (HTTP {status})"
@@ -470,9 +544,17 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, event.get("type"))
             self._request_end(EndCall(EndedReason.ERROR, "internal error in the bridge (see server log)"))
 
-    async def _send_openai(self, ws: Any) -> None:
-        while True:
-            await ws.send(await self.to_openai.get())
+    async def _send_openai(self, text: str) -> None:
+        """Sent in the order the bridge decided, without a queue and sender task (their wake-up
+        per frame cost ~6 % of the loop at 100 calls). Without a live session the message is
+        moot: the bridge keeps caller audio and replays the conversation when one is back."""
+        ws = self.openai_ws
+        if ws is None:
+            return
+        try:
+            await ws.send(text)
+        except ConnectionClosed:  # imported, not ``websockets.X``: that is a lazy import each time
+            return  # the session reader sees the close and reconnects
 
     async def _write_database(self) -> None:
         """Store turns as they complete; retry while the database is briefly away."""
@@ -545,17 +627,20 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await self._hang_up()
         if not self.twilio_closed:
             # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
-            await self._close(CLOSE_CALL_FAILED if end.reason == EndedReason.ERROR else 1000)
+            failed = end.reason in (EndedReason.ERROR, EndedReason.SERVER_RESTART)
+            await self._close(CLOSE_CALL_FAILED if failed else 1000)
 
     async def _finish_recording(self) -> None:
         """Write what is left, close the file and hand it to the storage backend."""
-        wav, mixer = self.wav, self.mixer
+        wav, recorder = self.wav, self.recorder
         if wav is None:
             return
-        self.wav = self.mixer = None
+        self.wav = self.recorder = None
+        if self.recording_flush is not None:  # batches are written one at a time, in order
+            await asyncio.gather(self.recording_flush, return_exceptions=True)
         try:
-            if mixer is not None:
-                await _db(wav.append)(mixer.take_all())
+            if recorder is not None:
+                await _db(recorder.flush)(recorder.batch(), None)
             await _db(wav.close)()
             await _db(services.call_save_recording)(call_sid=self.call_sid, path=wav.path)
             await _db(wav.path.unlink)()

@@ -7,13 +7,17 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.core.files.storage import Storage
 from django.db import models, transaction
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
+from calls.audio import BYTES_PER_SECOND
 from calls.models import TERMINAL_STATUSES, Agent, Call, CallStatus, EndedReason, ToolCall, Turn
+from calls.recording import repair_wav
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,33 @@ def calls_close_stale(
             )
             closed.append(call.call_sid)
     return closed
+
+
+def recordings_recover(work_dir: Path | None = None) -> list[str]:
+    """Store the recordings that calls left behind in ``RECORDING_WORK_DIR``: a process that
+    died mid-call (or could not reach the storage backend at the end) leaves a partial WAV
+    there. Only files of calls that have ended and have no recording yet are taken: a live
+    call is still writing its file. Returns the Call SIDs whose recording was stored."""
+    from calls import services  # services imports this module
+
+    work_dir = work_dir or settings.RECORDING_WORK_DIR
+    if not work_dir.is_dir():
+        return []
+    files = {path.stem: path for path in work_dir.glob("*.wav")}
+    recovered = []
+    ended = Call.objects.filter(call_sid__in=files, ended_at__isnull=False, recording="")
+    for call_sid in ended.values_list("call_sid", flat=True):
+        path = files[call_sid]
+        try:
+            seconds = repair_wav(path) / (BYTES_PER_SECOND * 4)
+            services.call_save_recording(call_sid=call_sid, path=path)
+            path.unlink()
+        except OSError as exc:
+            logger.error("call %s: could not recover its recording %s: %s", call_sid, path, exc)
+            continue
+        logger.warning("call %s: stored the recording it left behind (%.1f s)", call_sid, seconds)
+        recovered.append(call_sid)
+    return recovered
 
 
 @dataclass(frozen=True)

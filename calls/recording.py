@@ -33,6 +33,44 @@ CHANNELS = 2
 SAMPLE_WIDTH = 2
 
 
+class Recorder:
+    """The call's recording as the event loop sees it: noting what happened is an append;
+    decoding, mixing, converting and writing happen in ``flush``, in a worker thread, about
+    once a second. (Decoding and placing every 20 ms frame on the loop cost ~5 % of it.)"""
+
+    def __init__(self, mixer: Mixer, wav: WavFile) -> None:
+        self.mixer = mixer
+        self.wav = wav
+        self._pending: list[tuple[str, str | float, float]] = []
+
+    def caller(self, payload: str, timestamp_ms: int) -> None:
+        self._pending.append(("caller", payload, timestamp_ms))
+
+    def agent(self, payload: str, starts: float) -> None:
+        self._pending.append(("agent", payload, starts))
+
+    def cut_agent(self, at: float) -> None:
+        self._pending.append(("cut", at, 0.0))
+
+    def batch(self) -> list[tuple[str, str | float, float]]:
+        """What happened since the last batch, in order; hand it to ``flush``."""
+        batch, self._pending = self._pending, []
+        return batch
+
+    def flush(self, batch: list[tuple[str, str | float, float]], now: float | None) -> None:
+        """Apply a batch and write what is final (everything if ``now`` is None: the call is
+        over). Blocking; batches must be flushed one at a time, in order."""
+        mixer = self.mixer
+        for kind, value, when in batch:
+            if kind == "caller":
+                mixer.caller(value, int(when))  # type: ignore[arg-type]
+            elif kind == "agent":
+                mixer.agent(value, when)  # type: ignore[arg-type]
+            else:
+                mixer.cut_agent(value)  # type: ignore[arg-type]
+        self.wav.append_mulaw(*(mixer.take_all() if now is None else mixer.take(now)))
+
+
 class Mixer:
     def __init__(self, started_at: float) -> None:
         self.started_at = started_at
@@ -72,24 +110,25 @@ class Mixer:
         del self._agent[keep:]
         self._agent_end = min(self._agent_end, max(cut, self.written))
 
-    def take(self, now: float) -> bytes:
-        """Finished stereo PCM up to ``now`` minus the look-behind window."""
+    def take(self, now: float) -> tuple[bytes, bytes]:
+        """Finished audio up to ``now`` minus the look-behind window, as mu-law (caller,
+        agent) of equal length: converting to PCM is left to ``WavFile``'s thread."""
         return self._take(self._sample(now - LOOK_BEHIND_SECONDS))
 
-    def take_all(self) -> bytes:
+    def take_all(self) -> tuple[bytes, bytes]:
         """The call is over: everything placed so far."""
         return self._take(self.written + max(len(self._caller), len(self._agent)))
 
-    def _take(self, until: int) -> bytes:
+    def _take(self, until: int) -> tuple[bytes, bytes]:
         count = until - self.written
         if count <= 0:
-            return b""
+            return b"", b""
         left = bytes(self._caller[:count]).ljust(count, SILENCE)
         right = bytes(self._agent[:count]).ljust(count, SILENCE)
         del self._caller[:count]
         del self._agent[:count]
         self.written = until
-        return interleave(left, right)
+        return left, right
 
 
 def interleave(left_mulaw: bytes, right_mulaw: bytes) -> bytes:
@@ -115,6 +154,19 @@ def wav_header(data_bytes: int) -> bytes:
     )
 
 
+def repair_wav(path: Path) -> int:
+    """A recording its call never closed (the process died): cut it to whole stereo frames
+    and write the real sizes into its header. Returns the bytes of audio it holds."""
+    header = len(wav_header(0))
+    with path.open("r+b") as handle:
+        handle.seek(0, 2)
+        data_bytes = max(0, handle.tell() - header) // (CHANNELS * SAMPLE_WIDTH) * (CHANNELS * SAMPLE_WIDTH)
+        handle.truncate(header + data_bytes)
+        handle.seek(0)
+        handle.write(wav_header(data_bytes))
+    return data_bytes
+
+
 class WavFile:
     """Appends PCM to a WAV file on local disk. Blocking: call it from a worker thread."""
 
@@ -125,6 +177,11 @@ class WavFile:
         self._file.write(wav_header(0xFFFFFFFF))
         self._file.flush()
         self.data_bytes = 0
+
+    def append_mulaw(self, left: bytes, right: bytes) -> None:
+        """Append two mu-law channels (from ``Mixer.take``) as stereo PCM."""
+        if left:
+            self.append(interleave(left, right))
 
     def append(self, pcm: bytes) -> None:
         if pcm:

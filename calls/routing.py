@@ -7,9 +7,10 @@ from django.urls import re_path
 from calls import consumers, live_page, web_phone
 
 websocket_urlpatterns = [
-    # Twilio may or may not append a slash; accept both. Authenticated by Twilio's signature
-    # and a single-use token, never by a session: no auth middleware on this route.
-    re_path(r"^media-stream/?$", consumers.MediaStreamConsumer.as_asgi()),
+    # Twilio may or may not append a slash; accept both. The optional last segment is a
+    # worker's WORKER_ROUTE, for the proxy (any worker serves any route). Authenticated by
+    # Twilio's signature and a single-use token, never by a session: no auth middleware here.
+    re_path(r"^media-stream(?:/[A-Za-z0-9_-]{1,32})?/?$", consumers.MediaStreamConsumer.as_asgi()),
     # Staff browsers, authenticated by their Django session. The Origin check stops another
     # site from opening this socket with a signed-in staff member's cookie.
     re_path(

@@ -11,7 +11,7 @@ import logging
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -276,25 +276,21 @@ def call_stream_started(*, call: Call, stream_sid: str) -> AgentConfig:
     return agent_config(call)
 
 
+# Every TurnRecord field is a Turn column of the same name; (call, position) is the key.
+TURN_FIELDS = [f.name for f in fields(TurnRecord) if f.name != "position"]
+
+
 def turn_record(*, call_sid: str, turn: TurnRecord) -> None:
-    """Store one completed utterance; idempotent per OpenAI item."""
+    """Store one completed utterance; idempotent per conversation position (a turn is stored
+    again when it changes, e.g. cut by a barge-in). One upsert statement: no lookup first."""
     call_id = Call.objects.filter(call_sid=call_sid).values_list("pk", flat=True).first()
     if call_id is None:
         return
-    Turn.objects.update_or_create(
-        call_id=call_id,
-        position=turn.position,
-        defaults={
-            "role": turn.role,
-            "text": turn.text,
-            "item_id": turn.item_id,
-            "started_ms": turn.started_ms,
-            "ended_ms": turn.ended_ms,
-            "interrupted": turn.interrupted,
-            "heard_ms": turn.heard_ms,
-            "kind": turn.kind,
-            "latency_ms": turn.latency_ms,
-        },
+    Turn.objects.bulk_create(
+        [Turn(call_id=call_id, **asdict(turn))],
+        update_conflicts=True,
+        unique_fields=["call", "position"],
+        update_fields=TURN_FIELDS,
     )
 
 

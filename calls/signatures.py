@@ -12,6 +12,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from twilio.request_validator import RequestValidator
@@ -23,8 +24,11 @@ def public_url(path_with_query: str) -> str:
     return settings.PUBLIC_BASE_URL + path_with_query
 
 
-def stream_url(path: str = "/media-stream") -> str:
-    """The ``wss://`` URL for the TwiML ``<Stream>``; ``ws://`` when the public origin is http."""
+def stream_url(path: str | None = None) -> str:
+    """The ``wss://`` URL for the TwiML ``<Stream>``; ``ws://`` when the public origin is http.
+    By default this worker's media path (``/media-stream/<WORKER_ROUTE>`` when set)."""
+    if path is None:
+        path = f"/media-stream/{settings.WORKER_ROUTE}" if settings.WORKER_ROUTE else "/media-stream"
     parts = urlsplit(settings.PUBLIC_BASE_URL)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return f"{scheme}://{parts.netloc}{path}"
@@ -60,20 +64,35 @@ def websocket_signature_valid(path: str, signature: str) -> bool:
     return any(validator.validate(candidate, {}, signature) for candidate in (url, url + "/"))
 
 
-def twilio_signed(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Reject requests whose ``X-Twilio-Signature`` does not match (403, logged)."""
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    """403 (logged) unless ``X-Twilio-Signature`` matches; None when the request may go on."""
+    if not settings.TWILIO_VALIDATE_SIGNATURES or http_signature_valid(request):
+        return None
+    logger.warning(
+        "Rejected %s %s: missing or invalid X-Twilio-Signature (CallSid=%s)",
+        request.method,
+        request.path,
+        _call_sid(request.POST),
+    )
+    return HttpResponseForbidden("Invalid Twilio signature.")
+
+
+def twilio_signed(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Reject requests whose ``X-Twilio-Signature`` does not match (403, logged). Works on
+    sync and async views alike; the check itself touches no database."""
+    if iscoroutinefunction(view):
+
+        @wraps(view)
+        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            refusal = _refusal(request)
+            return refusal if refusal is not None else await view(request, *args, **kwargs)
+
+        return async_wrapper
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if settings.TWILIO_VALIDATE_SIGNATURES and not http_signature_valid(request):
-            logger.warning(
-                "Rejected %s %s: missing or invalid X-Twilio-Signature (CallSid=%s)",
-                request.method,
-                request.path,
-                _call_sid(request.POST),
-            )
-            return HttpResponseForbidden("Invalid Twilio signature.")
-        return view(request, *args, **kwargs)
+        refusal = _refusal(request)
+        return refusal if refusal is not None else view(request, *args, **kwargs)
 
     return wrapper
 

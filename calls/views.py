@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from calls import services, twilio_rest, twiml
+from calls import preconnect, services, twilio_rest, twiml
+from calls.realtime import AgentConfig
 from calls.signatures import twilio_signed
 
 logger = logging.getLogger(__name__)
@@ -25,13 +28,25 @@ def _params(request: HttpRequest) -> dict[str, str]:
     return {key: request.POST.get(key, "") for key in request.POST}
 
 
+@sync_to_async  # thread-sensitive: the same thread, and database connection, as the sync views
+def _answer(params: dict[str, str]) -> tuple[services.IncomingCall, AgentConfig | None]:
+    """Record the call; with pre-connect on, also the agent config its session will need."""
+    incoming = services.call_start_from_webhook(params=params)
+    if incoming.token is None:
+        return incoming, None
+    logger.info("call %s: answering for agent %s", incoming.call.call_sid, incoming.call.agent)
+    agent = services.agent_config(incoming.call) if settings.OPENAI_PRECONNECT else None
+    return incoming, agent
+
+
 @csrf_exempt
 @require_POST
 @twilio_signed
-def incoming_call(request: HttpRequest) -> HttpResponse:
-    """Voice webhook: record the call, then connect it to our media socket."""
+async def incoming_call(request: HttpRequest) -> HttpResponse:
+    """Voice webhook: record the call, then connect it to our media socket. Async so that the
+    call's OpenAI session can start opening now, while Twilio opens the media socket."""
     try:
-        incoming = services.call_start_from_webhook(params=_params(request))
+        incoming, agent = await _answer(_params(request))
     except services.WebhookError as exc:
         logger.warning("Rejected voice webhook: %s", exc)
         return HttpResponseBadRequest(str(exc))
@@ -39,7 +54,8 @@ def incoming_call(request: HttpRequest) -> HttpResponse:
         return _twiml(twiml.say_and_hang_up(BUSY_MESSAGE))
     if incoming.token is None:
         return _twiml(twiml.say_and_hang_up(NO_AGENT_MESSAGE))
-    logger.info("call %s: answering for agent %s", incoming.call.call_sid, incoming.call.agent)
+    if agent is not None:
+        preconnect.start(incoming.call.call_sid, agent)
     return _twiml(twiml.connect_stream(call_sid=incoming.call.call_sid, token=incoming.token))
 
 

@@ -54,7 +54,7 @@ export DATABASE_URL=$POSTGRES_URL/$DB REDIS_URL=$REDIS PUBLIC_BASE_URL=https://1
     OPENAI_REALTIME_URL=ws://127.0.0.1:8765/v1/realtime MEDIA_ROOT=$WORK/media LOG_LEVEL=WARNING
 "$PY" manage.py migrate --noinput -v 0
 for i in 1 2; do
-    "$ROOT/.venv/bin/daphne" --bind 127.0.0.1 --port "800$i" --proxy-headers \
+    WORKER_ROUTE=w$i "$ROOT/.venv/bin/daphne" --bind 127.0.0.1 --port "800$i" --proxy-headers \
         --application-close-timeout 20 voiceagent.asgi:application > "$WORK/worker$i.log" 2>&1 &
     PIDS+=($!)
 done
@@ -85,6 +85,10 @@ print(f"ok   10 calls through nginx: {r['calls_connected']} connected, {len(r['f
 sys.exit(0 if r["calls_connected"] == 10 and not r["failed_calls"] else 1)
 EOF
 for i in 1 2; do
-    echo "ok   worker $i took $(grep -c 'WSCONNECT /media-stream' "$WORK/worker$i.log") media sockets"
+    # Each media socket came back to the worker that answered its webhook (WORKER_ROUTE=w$i).
+    mine=$(grep -c "WSCONNECT /media-stream/w$i" "$WORK/worker$i.log" || true)
+    all=$(grep -c 'WSCONNECT /media-stream' "$WORK/worker$i.log" || true)
+    check "worker $i took only its own calls' media sockets" "$all" "$mine"
+    echo "ok   worker $i took $mine media sockets"
 done
 if grep -l Traceback "$WORK"/worker*.log; then echo "FAIL a worker logged a traceback"; exit 1; fi

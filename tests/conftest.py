@@ -16,6 +16,8 @@ def twilio_settings(settings):
     settings.TWILIO_API_BASE_URL = "http://127.0.0.1:9"  # nothing listens: no test reaches Twilio
     settings.PUBLIC_BASE_URL = PUBLIC_BASE_URL
     settings.TWILIO_VALIDATE_SIGNATURES = True
+    # In-process webhooks must not dial OpenAI; tests/test_preconnect.py turns it on where tested.
+    settings.OPENAI_PRECONNECT = False
     return settings
 
 
@@ -127,6 +129,8 @@ def server_environment(fake_openai, fake_twilio_rest, media_root) -> dict[str, s
         "SECRET_KEY": "e2e-secret-key-not-for-production",
         "LOG_LEVEL": "INFO",
         "MEDIA_ROOT": str(media_root),
+        # The production default: every end-to-end suite runs with the webhook pre-connecting.
+        "OPENAI_PRECONNECT": "true",
     }
 
 
@@ -184,6 +188,7 @@ def live(server_process, transactional_db, fake_openai, fake_twilio_rest, media_
     settings.TWILIO_API_BASE_URL = fake_twilio_rest.url
     settings.TWILIO_ACCOUNT_SID = ACCOUNT_SID
     settings.MEDIA_ROOT = media_root
+    settings.RECORDING_WORK_DIR = media_root / "recordings" / "in-progress"  # as the server's
     yield server_process
     if server_process.process.poll() is not None:
         pytest.fail(f"the server died:\n{server_process.log()}")

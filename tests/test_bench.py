@@ -84,3 +84,29 @@ def test_calls_that_cannot_connect_are_reported_as_such(tmp_path: Path) -> None:
     assert {f["phase"] for f in result["failed_calls"]} == {"webhook"}
     # Frames never sent are not counted as lost.
     assert result["caller_to_openai_frames"]["sent"] == 0 == result["caller_to_openai_frames"]["lost"]
+
+
+def test_first_words_benchmark_compares_preconnect_off_and_on(tmp_path: Path) -> None:
+    output = tmp_path / "first_words.json"
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "first_words.py"), "--calls", "3", "--output", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "| off | 3 |" in completed.stdout and "| on | 3 |" in completed.stdout
+
+    report = json.loads(output.read_text())
+    assert report["config"]["handshake_ms"] == 300 and report["config"]["gap_ms"] == 300
+    off, on = report["results"]
+    assert (off["preconnect"], on["preconnect"]) == (False, True)
+    assert off["failed"] == [] == on["failed"]
+    for result in (off, on):
+        stats = result["start_to_first_audio_ms"]
+        assert stats["n"] == 3 and 0 < stats["p50"] <= stats["p95"] <= stats["max"]
+    # Off, every call waits out the 300 ms handshake after start; on, the webhook already did.
+    assert off["start_to_first_audio_ms"]["p50"] >= 300
+    assert on["start_to_first_audio_ms"]["max"] < off["start_to_first_audio_ms"]["p50"]

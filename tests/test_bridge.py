@@ -125,6 +125,31 @@ def test_refused_session_ends_the_call_with_the_error():
     assert "missing_required_parameter" in end.error
 
 
+def test_preconfigured_session_is_not_configured_again_and_goes_live_on_its_update():
+    bridge = make_bridge(AgentConfig(instructions="x", model="m", greeting="Hi, Luigi's here."))
+    bridge.on_twilio(media(b"\x01" * 160), 0.0)
+    bridge.on_openai_connected(configured=True)
+    assert openai_sent(bridge.drain()) == []  # its session.update went out from the webhook
+    # Read from the socket's buffer after the claim: what OpenAI sent while it waited.
+    bridge.on_openai({"type": "session.created", "session": {"type": "realtime"}}, 0.0)
+    assert openai_sent(bridge.drain()) == []
+    bridge.on_openai(session_updated(), 0.0)
+    sent = openai_sent(bridge.drain())
+    assert [e["type"] for e in sent] == ["input_audio_buffer.append", "response.create"]
+    assert bridge.live and bridge.sessions == 1
+
+
+def test_session_after_a_preconfigured_one_is_configured_as_usual():
+    bridge = make_bridge()
+    bridge.on_openai_connected(configured=True)
+    bridge.on_openai(session_updated(), 0.0)
+    bridge.on_openai_lost(1.0, "dropped")
+    bridge.drain()
+    bridge.on_openai_connected()
+    [update] = openai_sent(bridge.drain())
+    assert update["type"] == "session.update" and bridge.sessions == 2
+
+
 def test_caller_audio_before_openai_is_ready_is_buffered_in_order():
     bridge = make_bridge()
     frames = [bytes([i]) * 160 for i in range(5)]

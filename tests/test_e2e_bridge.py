@@ -152,8 +152,19 @@ def test_barge_in_truncates_at_what_the_caller_heard(live, loop, fake_openai, co
     assert agent_turn.heard_ms == truncate["audio_end_ms"]
 
 
-def test_bad_signature_is_refused_before_any_openai_connection(live, loop, fake_openai):
-    attempts = fake_openai.connection_attempts
+def only_preconnected_sessions(fake_openai, before: tuple[int, int], webhooks: int) -> bool:
+    """The signed webhooks may each open a session ahead of time (pre-connect); a refused media
+    socket adds none and uses none of them: nothing but ``session.update`` reaches OpenAI.
+    ``before``: (connection attempts, sessions) when the test started."""
+    attempts, sessions = before
+    new = fake_openai.sessions[sessions:]
+    return fake_openai.connection_attempts - attempts <= webhooks and all(
+        {event.get("type") for event in session.received} <= {"session.update"} for session in new
+    )
+
+
+def test_bad_signature_is_refused_and_no_openai_session_is_used(live, loop, fake_openai):
+    before = (fake_openai.connection_attempts, len(fake_openai.sessions))
 
     async def scenario():
         caller = caller_for(live)
@@ -164,12 +175,12 @@ def test_bad_signature_is_refused_before_any_openai_connection(live, loop, fake_
         return rejected.value.status
 
     assert loop.run(scenario()) == 403
-    assert fake_openai.connection_attempts == attempts
+    assert only_preconnected_sessions(fake_openai, before, webhooks=1)
 
 
 @pytest.mark.parametrize("tamper", ["missing token", "wrong token", "token of another call"])
-def test_bad_token_closes_with_4403_and_no_openai_connection(live, loop, fake_openai, tamper):
-    attempts = fake_openai.connection_attempts
+def test_bad_token_closes_with_4403_and_no_openai_session_is_used(live, loop, fake_openai, tamper):
+    before = (fake_openai.connection_attempts, len(fake_openai.sessions))
 
     async def scenario():
         other = caller_for(live)
@@ -190,7 +201,7 @@ def test_bad_token_closes_with_4403_and_no_openai_connection(live, loop, fake_op
         return code
 
     assert loop.run(scenario()) == 4403
-    assert fake_openai.connection_attempts == attempts
+    assert only_preconnected_sessions(fake_openai, before, webhooks=2)
 
 
 def test_replayed_token_is_refused(live, loop, fake_openai):
@@ -260,18 +271,20 @@ def test_twenty_concurrent_calls_hear_only_their_own_agent(live, loop, fake_open
     async def one_call(n: int):
         caller = caller_for(live)
         await dial(caller)
-        # Each caller says something only it says, so its session can be found.
-        await caller.send_audio(mulaw_tone(200, freq=200 + 37 * n, amplitude=3000), realtime=False)
         await caller.wait_for(lambda: len(caller.heard) >= 4000, timeout=30)
         await caller.wait_for(lambda: not caller.buffered_bytes and len(caller.heard) > 0, timeout=30)
+        # Then each caller says something only it says, so its session can be found. (Said
+        # before the greeting, it could interrupt it: the session is ready at once now.)
+        await caller.send_audio(mulaw_tone(200, freq=200 + 37 * n, amplitude=3000), realtime=False)
         return caller
 
     async def scenario():
         callers = await asyncio.gather(*(one_call(n) for n in range(count)))
         for caller in callers:
             await caller.wait_for(lambda c=caller: len(c.heard) >= len(c.received_media), timeout=30)
-        await asyncio.gather(*(hang_up_and_wait(c) for c in callers))
         sessions = fake_openai.sessions[sessions_before:]
+        await asyncio.gather(*(s.wait_for_input_audio(1600, timeout=30) for s in sessions))
+        await asyncio.gather(*(hang_up_and_wait(c) for c in callers))
         await asyncio.gather(*(s.wait_closed(timeout=10) for s in sessions))
         return callers, sessions
 

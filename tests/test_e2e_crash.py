@@ -3,15 +3,18 @@ next start; a database that is briefly away never stops the audio."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import threading
 import time
+import wave
 
 import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from calls import services
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, EndedReason, Role
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, speak
@@ -30,10 +33,11 @@ def wait_for(condition, timeout: float = 10.0):
     raise AssertionError("condition not met in time")
 
 
-def test_kill_9_mid_call_keeps_completed_turns_and_restart_closes_the_call(
-    live, loop, start_server, fake_openai
-):
-    server = start_server()
+def three_turns_in(server, loop, fake_openai):
+    """A call on ``server`` that has got as far as greeting, question and answer, all three
+    stored: the moment the server process is then stopped or killed. Also returns the call's
+    OpenAI session."""
+    sessions_before = len(fake_openai.sessions)
     Agent.objects.update(greeting="Hello, Luigi's here.")
     greeting, answer = Reply(transcript="Hello, Luigi's here."), Reply(transcript="We open at noon.")
     fake_openai.set_script(Script(replies=[greeting, answer], caller_transcripts=["When do you open?"]))
@@ -48,6 +52,15 @@ def test_kill_9_mid_call_keeps_completed_turns_and_restart_closes_the_call(
 
     caller = loop.run(talk())
     wait_for(lambda: Call.objects.get().turns.count() == 3)
+    [session] = fake_openai.sessions[sessions_before:]
+    return caller, greeting, answer, session
+
+
+def test_kill_9_mid_call_keeps_completed_turns_and_restart_closes_the_call(
+    live, loop, start_server, fake_openai, media_root
+):
+    server = start_server()
+    caller, greeting, answer, _session = three_turns_in(server, loop, fake_openai)
     server.process.kill()  # SIGKILL: no cleanup of any kind
     server.process.wait()
     loop.run(caller.wait_closed_by_server(timeout=10))
@@ -60,9 +73,45 @@ def test_kill_9_mid_call_keeps_completed_turns_and_restart_closes_the_call(
         (Role.CALLER, "When do you open?"),
         (Role.AGENT, answer.transcript),
     ]
+    assert not call.recording  # the file is still in the work directory, header unfinished
+    left_behind = media_root / "recordings" / "in-progress" / f"{call.call_sid}.wav"
+    assert left_behind.exists()
     call_command("close_stale_calls", "--all")  # what `make run` does at start
     call.refresh_from_db()
     assert call.ended_reason == EndedReason.SERVER_RESTART and call.ended_at is not None
+    # ...and what the dead process had recorded is stored, as a well-formed WAV.
+    assert call.recording and not left_behind.exists()
+    with call.recording.open("rb") as stored, wave.open(stored) as wav:
+        assert wav.getnchannels() == 2 and wav.getframerate() == 8000
+        assert wav.getnframes() * 4 == call.recording.size - 44
+        assert wav.getnframes() > 8000  # the greeting and the answer were well over a second
+
+
+def test_sigterm_mid_call_ends_the_call_cleanly_and_keeps_everything(
+    live, loop, start_server, fake_openai, media_root
+):
+    """A deploy stops the server: the call is finalised (not left open for the next start to
+    find), turns and recording are stored, OpenAI is closed, and Twilio gets 4500 so it
+    fetches ``<Connect action>`` and the caller hears the apology."""
+    server = start_server()
+    caller, greeting, answer, session = three_turns_in(server, loop, fake_openai)
+    server.process.send_signal(signal.SIGTERM)
+    assert loop.run(caller.wait_closed_by_server(timeout=15)) == 4500
+    assert server.process.wait(timeout=20) == 0
+    loop.run(caller.aclose())
+
+    call = Call.objects.get()
+    assert call.ended_at is not None
+    assert call.ended_reason == EndedReason.SERVER_RESTART
+    assert "server stopped" in call.error
+    assert [(t.role, t.text) for t in call.turns.order_by("position")] == [
+        (Role.AGENT, greeting.transcript),
+        (Role.CALLER, "When do you open?"),
+        (Role.AGENT, answer.transcript),
+    ]
+    assert call.recording and call.recording.size > 44 + 8000 * 4  # over a second of stereo PCM
+    assert session.close_code == 1000  # closed by us, not dropped with the process
+    assert services.call_apology(call_sid=call.call_sid)  # what <Connect action> will say
 
 
 class DatabaseOutage:

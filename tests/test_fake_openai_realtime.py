@@ -889,6 +889,23 @@ def test_connect_delay_then_session_created() -> None:
     run(scenario)
 
 
+def test_handshake_delay_holds_each_upgrade_without_blocking_the_others() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer(handshake_delay=0.5) as srv:
+            began = time.monotonic()
+
+            async def one() -> float:
+                async with client(srv):
+                    return time.monotonic() - began
+
+            opened = await asyncio.gather(one(), one(), one())
+            assert min(opened) >= 0.45  # each upgrade waited...
+            assert max(opened) < 1.4  # ...at the same time: one after another would take 1.5 s
+            assert srv.connection_attempts == 3 and len(srv.sessions) == 3
+
+    run(scenario)
+
+
 def test_stop_mid_stream_closes_sessions_without_leaking_tasks() -> None:
     async def scenario() -> None:
         srv = FakeRealtimeServer(lambda: Script([Reply("z" * 200, pace=0.05)], connect_delay=0.0))

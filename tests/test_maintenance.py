@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import wave
 from datetime import timedelta
 from io import StringIO
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 
 from calls import maintenance
 from calls.models import Call, CallStatus, EndedReason, Role, ToolCall, Turn
+from calls.recording import WavFile
 
 pytestmark = pytest.mark.django_db
 
@@ -285,3 +287,32 @@ def test_purge_deletes_the_recordings_of_the_calls_it_deletes(
     for field in fields:
         assert not field.storage.exists(names[old.pk, field.name])
         assert field.storage.exists(names[recent.pk, field.name])
+
+
+def test_close_stale_calls_stores_the_recordings_dead_processes_left_behind(tmp_path, settings):
+    """A partial WAV (header never finished, last frame cut) of a call that has ended is
+    repaired and stored; files of live or unknown calls are left alone."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    work = settings.RECORDING_WORK_DIR = tmp_path / "in-progress"
+    work.mkdir()
+    dead = make_call(1, age=STALE_AGE)  # its process died: still open, closed below
+    failed_upload = make_call(2, ended=True)  # ended, but its recording never reached storage
+    live = make_call(3)
+    for call in (dead, failed_upload, live):
+        wav = WavFile(work / f"{call.call_sid}.wav")  # what the consumer writes as it goes
+        wav.append(b"\x01\x00\x02\x00" * 8000 + b"\x03\x00")  # a second, then half a frame
+    (work / f"CA{9:032d}.wav").write_bytes(b"RIFF")  # no such call
+
+    out = run("close_stale_calls")
+    assert "Closed 1 stale call." in out and "Stored 2 recordings left behind." in out
+
+    for call in (dead, failed_upload):
+        call.refresh_from_db()
+        with call.recording.open("rb") as stored, wave.open(stored) as wav:
+            assert wav.getnchannels() == 2 and wav.getnframes() == 8000
+            assert wav.readframes(1) == b"\x01\x00\x02\x00"
+        assert not (work / f"{call.call_sid}.wav").exists()
+    live.refresh_from_db()
+    assert not live.recording and (work / f"{live.call_sid}.wav").exists()
+    assert (work / f"CA{9:032d}.wav").exists()
+    assert maintenance.recordings_recover() == []  # nothing twice

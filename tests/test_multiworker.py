@@ -22,12 +22,14 @@ from calls.fakes.openai_realtime import Reply, Script
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, OPENAI_KEY
 from tests.live import ROOT, LiveServer, start_daphne
+from tests.test_e2e_bridge import hang_up_and_wait
 
 pytestmark = pytest.mark.e2e
 
 POSTGRES = "postgres://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379/7"
 PUBLIC = "https://voice.example.test"  # what Twilio sees: the proxy in front of both workers
+PRECONNECT_TTL = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,8 @@ def workers(shared_database, fake_openai, fake_twilio_rest, tmp_path_factory) ->
         "DEBUG": "false",
         "SECRET_KEY": "multi-worker-test",
         "MEDIA_ROOT": str(tmp_path_factory.mktemp("media")),
+        # Pre-connect is on (the default); a session the other worker never claims goes soon.
+        "OPENAI_PRECONNECT_TTL": str(PRECONNECT_TTL),
     }
     logs = tmp_path_factory.mktemp("workers")
     servers = [start_daphne(env, logs / f"worker-{n}.log") for n in range(2)]
@@ -136,6 +140,48 @@ def test_calls_across_workers_are_monitored_and_hung_up_through_redis(
     assert rows == {first.call_sid: "caller_hung_up", second.call_sid: "operator_hung_up"}
     turns = query(shared_database, "SELECT count(*) FROM calls_turn")
     assert turns[0][0] == 2
+    assert "Traceback" not in worker_a.log() + worker_b.log()
+
+
+def test_stream_on_another_worker_connects_afresh_and_the_preconnect_expires_unused(
+    shared_database, workers, loop, fake_openai
+):
+    worker_a, worker_b = workers
+    greeting = Reply(transcript="Hello from the shared agent.")
+    query(shared_database, "UPDATE calls_agent SET greeting = %s, tools = '[]'", greeting.transcript)
+    fake_openai.set_script(lambda: Script(replies=[Reply(transcript=greeting.transcript)]))
+    before, attempts = len(fake_openai.sessions), fake_openai.connection_attempts
+
+    async def scenario():
+        call = SimulatedCaller(
+            CallerConfig(base_url=worker_a.url, public_base_url=PUBLIC, auth_token=AUTH_TOKEN)
+        )
+        webhook_at = loop.loop.time()
+        assert (await call.post_webhook()).status == 200
+        on_a = await fake_openai.wait_for_session(before)  # worker A pre-connects...
+        await on_a.wait_for_event("session.update")
+        call.config.base_url = worker_b.url  # ...but Twilio's socket lands on worker B
+        await call.connect_stream()
+        await call.wait_heard(len(greeting.render_audio()))
+        on_b = fake_openai.sessions[before + 1]
+        await on_a.wait_closed(timeout=PRECONNECT_TTL + 10)
+        lived = loop.loop.time() - webhook_at
+        assert await hang_up_and_wait(call) == 1000  # B stored the call before closing
+        await on_b.wait_closed(timeout=10)
+        return call, on_a, on_b, lived
+
+    call, on_a, on_b, lived = loop.run(scenario(), timeout=60)
+    assert bytes(call.heard) == greeting.render_audio()
+    assert on_b.opened_at > call.stream_started_at  # B connected itself, at start
+    assert len(on_b.events_of("session.update")) == 1 and on_b.events_of("response.create")
+    assert on_a.close_code == 1000 and lived >= PRECONNECT_TTL
+    assert on_a.events_of("response.create") == [] and on_a.append_count == 0
+    assert fake_openai.connection_attempts == attempts + 2
+    [(reason,)] = query(
+        shared_database, "SELECT ended_reason FROM calls_call WHERE call_sid = %s", call.call_sid
+    )
+    assert reason == "caller_hung_up"
+    assert f"call {call.call_sid}: pre-connected OpenAI session not claimed" in worker_a.log()
     assert "Traceback" not in worker_a.log() + worker_b.log()
 
 

@@ -8,7 +8,7 @@ import wave
 from decimal import Decimal
 
 from calls import pricing
-from calls.recording import Mixer, WavFile, wav_header
+from calls.recording import Mixer, Recorder, WavFile, interleave, wav_header
 
 FRAME = 160  # 20 ms of mu-law
 
@@ -26,7 +26,7 @@ def test_caller_frames_land_at_their_timestamps_even_late_and_out_of_order():
     mixer = Mixer(started_at=100.0)
     mixer.caller(b64(b"\x00" * FRAME), timestamp_ms=40)  # loud (mu-law 0x00 = -32124)
     mixer.caller(b64(b"\x80" * FRAME), timestamp_ms=0)  # arrives late
-    left, right = channels(mixer.take(now=101.0))  # 0.5 s ready (1 s minus the look-behind)
+    left, right = channels(interleave(*mixer.take(now=101.0)))  # 0.5 s ready (1 s minus the look-behind)
     assert len(left) == 4000
     assert left[0] > 30000 and left[160] == 0 and left[320] < -30000 and left[480] == 0
     assert set(right) == {0}
@@ -37,7 +37,7 @@ def test_agent_audio_is_placed_when_it_plays_and_cut_at_a_barge_in():
     mixer.agent(b64(b"\x00" * 8000), starts=0.25)  # one second, playing from 0.25 s
     mixer.cut_agent(at=0.75)  # the caller barged in: only 0.5 s was heard
     mixer.agent(b64(b"\x80" * 800), starts=0.5)  # the next answer cannot start before the cut
-    _, right = channels(mixer.take_all())
+    _, right = channels(interleave(*mixer.take_all()))
     heard = [i for i, v in enumerate(right) if v != 0]
     assert heard[0] == 2000 and heard[-1] == 2000 + 4000 + 800 - 1
     assert right[6000] > 30000 and right[6000 + 1] > 30000  # the first answer, then the second
@@ -48,8 +48,8 @@ def test_nothing_is_written_twice_and_memory_stays_bounded():
     total = 0
     for k in range(500):  # ten seconds of caller frames
         mixer.caller(b64(b"\x00" * FRAME), timestamp_ms=20 * k)
-        total += len(mixer.take(now=(k + 1) * 0.02))
-    total += len(mixer.take_all())
+        total += len(interleave(*mixer.take(now=(k + 1) * 0.02)))
+    total += len(interleave(*mixer.take_all()))
     assert total == 500 * FRAME * 4  # stereo, 16-bit
     assert len(mixer._caller) == 0
 
@@ -92,3 +92,32 @@ def test_prices_can_be_overridden(settings):
     settings.VOICE_AGENT_PRICES = {"my-model": {**pricing.DEFAULT_PRICES["gpt-realtime"], "audio_out": 1}}
     usage = {"output_token_details": {"audio_tokens": 1_000_000}}
     assert pricing.estimate_cost("my-model", usage) == Decimal("1.0000")
+
+
+def test_recorder_batches_give_the_same_file_as_mixing_on_the_spot(tmp_path):
+    """The loop only notes events; flushing them in batches (in a thread) must write exactly
+    what a mixer fed event by event would."""
+    direct = Mixer(started_at=0.0)
+    recorder = Recorder(Mixer(started_at=0.0), WavFile(tmp_path / "batched.wav"))
+    expected = bytearray()
+
+    def note(kind: str, *args):
+        getattr(direct, kind)(*args)
+        getattr(recorder, kind)(*args)
+
+    for k in range(100):  # two seconds of caller frames, an answer, a barge-in
+        note("caller", b64(bytes([k % 256]) * FRAME), 20 * k)
+        if k == 10:
+            note("agent", b64(b"\x00" * 8000), 0.3)
+        if k == 60:
+            note("cut_agent", 1.0)
+        if k % 50 == 49:  # a flush every second, as the consumer does
+            now = (k + 1) * 0.02
+            recorder.flush(recorder.batch(), now)
+            expected += interleave(*direct.take(now))
+    recorder.flush(recorder.batch(), None)
+    expected += interleave(*direct.take_all())
+    recorder.wav.close()
+    with wave.open(str(tmp_path / "batched.wav")) as wav:
+        assert wav.readframes(wav.getnframes()) == bytes(expected)
+    assert len(expected) == 2 * 8000 * 4

@@ -39,6 +39,11 @@ def start_django(**variables: str) -> subprocess.CompletedProcess[str]:
         ("OPENAI_REALTIME_URL", "https://api.openai.com/v1/realtime"),
         ("STREAM_TOKEN_TTL_SECONDS", "soon"),
         ("TWILIO_VALIDATE_SIGNATURES", "nope"),
+        ("OPENAI_PRECONNECT", "sometimes"),
+        ("OPENAI_PRECONNECT_TTL", "soon"),
+        ("OPENAI_PRECONNECT_TTL", "0"),
+        ("WORKER_ROUTE", "w/1"),
+        ("WORKER_ROUTE", "x" * 33),
     ],
 )
 def test_malformed_variable_fails_start_up_naming_it(name, value):
@@ -64,6 +69,19 @@ def test_secret_values_are_not_echoed(monkeypatch):
     with pytest.raises(ImproperlyConfigured) as excinfo:
         env.env_int("MY_API_KEY_LIMIT", 1)
     assert "sk-very-secret" not in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("15", 15.0), ("0.25", 0.25), ("", 3.0)])
+def test_floats(monkeypatch, raw, expected):
+    monkeypatch.setenv("SECONDS", raw)
+    assert env.env_float("SECONDS", 3.0, minimum=0.1) == expected
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "0.05"])
+def test_floats_out_of_range_fail(monkeypatch, raw):
+    monkeypatch.setenv("SECONDS", raw)
+    with pytest.raises(ImproperlyConfigured, match="SECONDS"):
+        env.env_float("SECONDS", 3.0, minimum=0.1)
 
 
 def test_public_base_url_is_normalised(monkeypatch):

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import iscoroutinefunction
+from django.http import HttpResponse
 from django.utils import timezone
 
-from calls import services
+from calls import preconnect, services
 from calls.models import Agent, Call, CallStatus, EndedReason
+from calls.signatures import twilio_signed
 from tests.conftest import PUBLIC_BASE_URL, call_params, twilio_sign
 
 pytestmark = pytest.mark.django_db
@@ -155,3 +159,58 @@ def test_no_agent_says_sorry_and_hangs_up(twilio):
     call = Call.objects.get()
     assert call.ended_reason == EndedReason.NO_AGENT
     assert "No enabled agent" in call.error
+
+
+@pytest.fixture
+def preconnects(settings, monkeypatch) -> list[tuple[str, object]]:
+    """What the webhook asked the pre-connect registry to open (nothing is dialled here)."""
+    settings.OPENAI_PRECONNECT = True
+    started: list[tuple[str, object]] = []
+    monkeypatch.setattr(preconnect, "start", lambda call_sid, agent: started.append((call_sid, agent)))
+    return started
+
+
+def test_answered_call_starts_its_openai_session_with_the_agent_config(twilio, preconnects):
+    _, params = parse_stream(twilio.post("/incoming-call", call_params()))
+    [(call_sid, agent)] = preconnects
+    assert call_sid == params["call_sid"]
+    assert agent == services.agent_config(Call.objects.get())
+
+
+@pytest.mark.parametrize("refusal", ["no agent", "busy", "bad signature", "bad request", "disabled"])
+def test_only_an_answered_call_is_preconnected(twilio, preconnects, settings, refusal):
+    params = call_params()
+    signature = "auto"
+    if refusal == "no agent":
+        Agent.objects.update(enabled=False)
+    elif refusal == "busy":
+        settings.MAX_CONCURRENT_CALLS = 1
+        Call.objects.create(call_sid="CA" + "9" * 32, account_sid="AC" + "0" * 32, started_at=timezone.now())
+    elif refusal == "bad signature":
+        signature = "bm90IGEgc2lnbmF0dXJl"
+    elif refusal == "bad request":
+        del params["From"]
+    else:
+        settings.OPENAI_PRECONNECT = False
+    response = twilio.post("/incoming-call", params, signature=signature)
+    expected = {"bad signature": 403, "bad request": 400}.get(refusal, 200)
+    assert response.status_code == expected
+    if refusal == "busy":
+        assert Call.objects.get(call_sid=params["CallSid"]).ended_reason == EndedReason.BUSY
+    assert preconnects == []
+
+
+def test_signature_check_guards_async_views_too(rf):
+    @twilio_signed
+    async def view(request):
+        return HttpResponse("ok")
+
+    assert iscoroutinefunction(view)
+    params = call_params()
+    signed = rf.post(
+        "/incoming-call",
+        params,
+        HTTP_X_TWILIO_SIGNATURE=twilio_sign(PUBLIC_BASE_URL + "/incoming-call", params),
+    )
+    assert asyncio.run(view(signed)).status_code == 200
+    assert asyncio.run(view(rf.post("/incoming-call", params))).status_code == 403

@@ -9,7 +9,9 @@ and raises ``ImproperlyConfigured`` with the variable's name and what was expect
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from urllib.parse import urlsplit
 
 import environ
@@ -60,6 +62,21 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return number
 
 
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    value = _raw(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise _fail(name, value, "a number") from None
+    if not math.isfinite(number):
+        raise _fail(name, value, "a finite number")
+    if minimum is not None and number < minimum:
+        raise _fail(name, value, f"a number >= {minimum}")
+    return number
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = _raw(name)
     if not value:
@@ -97,6 +114,14 @@ def env_database(name: str, default: str) -> dict:
     if scheme not in environ.Env.DB_SCHEMES:
         raise _fail(name, value, "a database URL with a known scheme (sqlite, postgres)")
     return config
+
+
+def env_pattern(name: str, pattern: str, expected: str) -> str:
+    """A string that is empty or matches ``pattern`` (a full match)."""
+    value = _raw(name) or ""
+    if value and not re.fullmatch(pattern, value):
+        raise _fail(name, value, expected)
+    return value
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -15,9 +15,11 @@ from django.core.exceptions import ImproperlyConfigured
 from voiceagent.env import (
     env_bool,
     env_database,
+    env_float,
     env_int,
     env_json_object,
     env_list,
+    env_pattern,
     env_str,
     env_url,
 )
@@ -172,6 +174,15 @@ OPENAI_REALTIME_MODEL = env_str("OPENAI_REALTIME_MODEL") or "gpt-realtime-2.1"
 # OpenAI ends a Realtime session after 60 minutes; longer calls get a fresh session (with the
 # conversation replayed) at a quiet moment after this many seconds.
 OPENAI_SESSION_MAX_SECONDS = env_int("OPENAI_SESSION_MAX_SECONDS", 55 * 60, minimum=1)
+# Open each call's OpenAI session (and configure it) as soon as /incoming-call answers, so the
+# greeting does not wait for the OpenAI handshake once Twilio's media socket arrives
+# (calls/preconnect.py). A session the media socket never claims closes after the TTL.
+OPENAI_PRECONNECT = env_bool("OPENAI_PRECONNECT", True)
+OPENAI_PRECONNECT_TTL = env_float("OPENAI_PRECONNECT_TTL", 15.0, minimum=0.1)
+# This worker's name in the Stream URL (wss://host/media-stream/<route>) with several workers
+# behind a proxy: the proxy sends each media socket to the worker that answered its webhook,
+# where its OpenAI session is already open (deploy/nginx/voiceagent.conf). Empty: /media-stream.
+WORKER_ROUTE = env_pattern("WORKER_ROUTE", r"[A-Za-z0-9_-]{1,32}", "1-32 letters, digits, - or _")
 
 # --- Twilio ---
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")

@@ -322,6 +322,7 @@ class FakeSession:
         self.ws = ws
         self.script = script
         self.index = index
+        self.opened_at = time.monotonic()  # when the upgrade completed, to order it against the caller
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
         self.model: str | None = query.get("model", [None])[0]
         self.headers: dict[str, str] = {
@@ -1092,10 +1093,14 @@ class FakeRealtimeServer:
         api_key: str = "sk-test-fake",
         host: str = "127.0.0.1",
         port: int = 0,
+        handshake_delay: float = 0.0,
     ) -> None:
         self.api_key = api_key
         self.host = host
         self.port = port
+        # Seconds before the WebSocket upgrade is answered, like TCP + TLS + upgrade to the
+        # real service (Script.connect_delay delays session.created after it). Settable.
+        self.handshake_delay = handshake_delay
         self.sessions: list[FakeSession] = []
         self.connection_attempts = 0
         self._script = script
@@ -1153,10 +1158,12 @@ class FakeRealtimeServer:
             lambda: self.sessions[index] if len(self.sessions) > index else None, timeout
         )
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         self.connection_attempts += 1
         if urlsplit(request.path).path != "/v1/realtime":
             return connection.respond(404, "Not Found\n")
+        if self.handshake_delay > 0:
+            await asyncio.sleep(self.handshake_delay)  # this connection only: others go on
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -12,8 +12,9 @@ from calls.management.arguments import age
 
 class Command(BaseCommand):
     help = (
-        "End calls left open by a server process that stopped (ended reason: Server restarted). "
-        "By default only calls older than any call can last (the longest agent limit plus 5 minutes)."
+        "End calls left open by a server process that stopped (ended reason: Server restarted), "
+        "and store the recordings such calls left on this machine's disk. By default only calls "
+        "older than any call can last (the longest agent limit plus 5 minutes)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -37,3 +38,8 @@ class Command(BaseCommand):
             for call_sid in closed:
                 self.stdout.write(f"Closed {call_sid}")
         self.stdout.write(f"Closed {len(closed)} stale call{'' if len(closed) == 1 else 's'}.")
+        # Their recordings (and any a failed storage backend left) are on this machine's disk.
+        recovered = maintenance.recordings_recover()
+        if recovered:
+            plural = "" if len(recovered) == 1 else "s"
+            self.stdout.write(f"Stored {len(recovered)} recording{plural} left behind.")
