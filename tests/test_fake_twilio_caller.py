@@ -631,9 +631,13 @@ def test_marks_are_echoed_only_after_their_audio_played() -> None:
         assert a.heard_bytes >= 3200 and b.heard_bytes >= 4800
         assert bytes(caller.heard) == first + second
         assert bytes(caller.received_media) == first + second
-        (segment,) = caller.heard_segments
-        assert bytes(segment.audio) == first + second
-        assert segment.end - segment.start == pytest.approx(0.6, abs=1e-6)
+        # One uninterrupted run, unless the event loop stalled for longer than the 400 ms
+        # already buffered before `second` arrived (seen once on a loaded CI machine): then
+        # playback ran dry, as on a real line. The audio and its total length hold either way.
+        segments = caller.heard_segments
+        assert b"".join(bytes(s.audio) for s in segments) == first + second
+        assert sum(s.end - s.start for s in segments) == pytest.approx(0.6, abs=1e-6)
+        assert all(later.start >= earlier.end for earlier, later in itertools.pairwise(segments))
         assert caller.protocol_errors == []
 
     run(main())
