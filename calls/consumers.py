@@ -1,10 +1,10 @@
 """The media socket: authenticates Twilio, then runs the bridge between the two sockets.
 
 Thin on purpose: protocol decisions live in ``calls.bridge`` (sans-IO). This module
-accepts, authenticates, forwards, runs the relay tasks and calls services. Twilio frames
+accepts, authenticates, forwards, runs the relay tasks and ends the call. Twilio frames
 are handled in one plain loop and forwarded to OpenAI as they come; events from OpenAI are
-read by a reader task, channel-layer messages by another, and turns are written to the
-database by a writer task, never in the audio path.
+read by a reader task (``calls.openai_link``), channel-layer messages by another, and turns
+and the recording are stored by ``calls.call_store``, never in the audio path.
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import time
 from typing import Any
 
-import websockets
-from asgiref.sync import sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from django.db import DatabaseError
 
-from calls import live, preconnect, realtime, services, tools, twilio_media, twilio_rest, twiml
+from calls import live, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
 from calls.bridge_actions import (
     AgentAudio,
@@ -43,8 +39,10 @@ from calls.bridge_actions import (
     ToolCallRecord,
     Transfer,
 )
+from calls.call_store import CallStore, in_thread
 from calls.models import EndedReason
-from calls.recording import Mixer, Recorder, WavFile
+from calls.openai_link import OpenAILink
+from calls.recording import Recorder, WavFile
 from calls.signatures import websocket_signature_valid
 
 logger = logging.getLogger(__name__)
@@ -56,7 +54,6 @@ CLOSE_BAD_STREAM = 4400
 # The call ended because of an error on our side or OpenAI's (daphne allows 1000 or 3000-4999).
 CLOSE_CALL_FAILED = 4500
 START_TIMEOUT = 5.0
-OPENAI_CONNECT_TIMEOUT = 10.0
 MAX_EARLY_FRAMES = 500
 # Before ``start`` the socket is only signature-checked (and that signature is the same for
 # every call): keep real-sized frames only, so early buffering stays bounded (~150 KB).
@@ -66,25 +63,12 @@ TRANSCRIPT_GRACE_SECONDS = 2.0
 LOGGED_BAD_FRAMES = 5
 # When the server stops, each call gets this long to store what is left and close cleanly.
 SHUTDOWN_GRACE_SECONDS = 5.0
-DB_RETRY_SECONDS = (0.2, 0.5, 1, 2, 4, 8)
 TICK_SECONDS = 0.25
 # The recording is written once a second: each write is a hop to a worker thread.
 RECORD_EVERY_TICKS = 4
-# Reconnect after a dropped OpenAI session within about 2 s; a session that lived this long
-# counts as healthy again. Close codes 3000 (bad key) and 4000 (beta shape) cannot be retried.
-RECONNECT_DELAYS = (0.1, 0.5, 1.0)
-STABLE_SESSION_SECONDS = 30.0
-FATAL_CLOSE_CODES = frozenset({3000, 4000})
-# OpenAI events handled back to back before the reader yields (a burst of deltas: ~1 ms).
-OPENAI_BURST = 16
 
 
-def _db(function: Any) -> Any:
-    # Each call's writes run in a worker thread, never on the event loop.
-    return sync_to_async(function, thread_sensitive=False)
-
-
-class MediaStreamConsumer(AsyncWebsocketConsumer):
+class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
     call_sid = "-"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -146,7 +130,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs ``aclose_old_connections`` in its single shared worker thread before
         # every handler. Media frames never touch the database on this path (writes go
-        # through ``_db`` in other threads), and that hop cost a quarter of a core and most
+        # through ``in_thread`` in other threads), and that hop cost a quarter of a core and most
         # of the inbound p99 at 50 calls (bench/README.md): skip it for frames.
         if message["type"] == "websocket.receive":
             await self.receive(message.get("text"), message.get("bytes"))
@@ -259,7 +243,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await self._reject("start parameters are not for this call")
             return None
         token = start.custom_parameters.get(twiml.PARAM_TOKEN, "")
-        call = await _db(services.stream_token_redeem)(call_sid=start.call_sid, token=token)
+        call = await in_thread(services.stream_token_redeem)(call_sid=start.call_sid, token=token)
         if call is None:
             await self._reject("missing, expired or already used stream token")
         return call
@@ -267,7 +251,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def _begin(self, call: Any, start: twilio_media.Start) -> None:
         """An authenticated stream: set up the bridge and the relay tasks."""
         try:
-            agent = await _db(services.call_stream_started)(call=call, stream_sid=start.stream_sid)
+            agent = await in_thread(services.call_stream_started)(call=call, stream_sid=start.stream_sid)
         except services.WebhookError as exc:
             await self._reject(str(exc), CLOSE_BAD_STREAM)
             return
@@ -292,17 +276,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.writer = asyncio.create_task(self._write_database())
         self.ticker = asyncio.create_task(self._tick())
         await self._perform()
-
-    async def _start_recording(self, now: float) -> None:
-        assert self.bridge is not None
-        path = settings.RECORDING_WORK_DIR / f"{self.call_sid}.wav"
-        try:
-            self.wav = await _db(WavFile)(path)
-        except OSError as exc:  # a full disk costs the recording, never the call
-            logger.error("call %s: cannot record (%s)", self.call_sid, exc)
-            return
-        self.recorder = Recorder(Mixer(started_at=now), self.wav)
-        self.bridge.record_audio = True
 
     async def _join_call_group(self, call: Any) -> None:
         """Be reachable by the live page's hang-up from any worker, and announce the call."""
@@ -369,11 +342,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             elif isinstance(action, EndCall):
                 self._request_end(action)
 
-    async def _recycle(self) -> None:
-        if self.openai_ws is not None:
-            self.recycling = True
-            await self.openai_ws.close()
-
     async def _close(self, code: int) -> None:
         if self.twilio_closed:
             return
@@ -412,16 +380,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             if self.recorder is not None and ticks % RECORD_EVERY_TICKS == 0:
                 await self._record(self.recorder, now)
 
-    async def _record(self, recorder: Recorder, now: float) -> None:
-        # Mixing, conversion and file I/O in a worker thread, off the audio loop. Shielded: a
-        # batch taken must be written even if the ticker is cancelled as the call ends.
-        self.recording_flush = asyncio.ensure_future(_db(recorder.flush)(recorder.batch(), now))
-        try:
-            await asyncio.shield(self.recording_flush)
-        except OSError as exc:
-            logger.error("call %s: recording stopped (%s)", self.call_sid, exc)
-            self.recorder = None  # what was written so far is still stored at the end
-
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await tools.run_tool(action.name, action.arguments, self.tool_context)
         record = ToolCallRecord(
@@ -440,7 +398,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def _transfer(self, action: Transfer) -> None:
         document = twiml.dial(action.number, caller_id=self.tool_context.from_number)
         try:
-            await _db(twilio_rest.call_update_twiml)(self.call_sid, document)
+            await in_thread(twilio_rest.call_update_twiml)(self.call_sid, document)
             ok, error = True, ""
             logger.info("call %s: transferred to %s", self.call_sid, action.number)
         except (twilio_rest.TwilioRestError, twilio_rest.TwilioNotConfigured) as exc:
@@ -453,138 +411,6 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     def _request_end(self, end: EndCall) -> None:
         if self.finishing is None:
             self.finishing = asyncio.create_task(self._finish(end))
-
-    async def _run_openai(self, agent: realtime.AgentConfig) -> None:
-        """Keep the call connected to OpenAI: reconnect after a drop (the bridge replays the
-        conversation), replace the session before its time limit, give up after repeated
-        failures or a refusal that retrying cannot fix."""
-        assert self.bridge is not None
-        url = realtime.connect_url(settings.OPENAI_REALTIME_URL, agent.model)
-        failures = 0
-        while self.finishing is None:
-            started = time.monotonic()
-            failure = await self._openai_session(url)
-            if self.finishing is not None or self.bridge.ended is not None:
-                return
-            now = time.monotonic()
-            if failure is None:  # replaced on purpose: connect again at once
-                logger.info("call %s: recycling the OpenAI session", self.call_sid)
-                self.bridge.on_openai_lost(now, "recycled", planned=True)
-                continue
-            fatal, detail = failure
-            if now - started > STABLE_SESSION_SECONDS:
-                failures = 0
-            if fatal or failures >= len(RECONNECT_DELAYS):
-                self._request_end(EndCall(EndedReason.ERROR, detail))
-                return
-            logger.warning("call %s: %s; reconnecting", self.call_sid, detail)
-            self.bridge.on_openai_lost(now, detail)
-            await self._perform()
-            await asyncio.sleep(RECONNECT_DELAYS[failures])
-            failures += 1
-
-    async def _connect_openai(self, url: str) -> tuple[Any, bool]:
-        """The call's first session may be the one its webhook opened (calls/preconnect.py),
-        already configured; reconnects and recycles, or no usable one, connect afresh.
-        Returns the socket and whether its session.update was already sent."""
-        assert self.bridge is not None
-        pending = preconnect.claim(self.call_sid) if self.bridge.sessions == 0 else None
-        if pending is not None:
-            ws = await pending.connection(self.bridge.agent, timeout=OPENAI_CONNECT_TIMEOUT)
-            if ws is not None:
-                return ws, True
-        ws = await preconnect.open_session(url, settings.OPENAI_API_KEY, timeout=OPENAI_CONNECT_TIMEOUT)
-        return ws, False
-
-    async def _openai_session(self, url: str) -> tuple[bool, str] | None:
-        """Run one OpenAI session. None if we closed it on purpose, else (fatal, why)."""
-        assert self.bridge is not None
-        self.recycling = False
-        try:
-            ws, configured = await self._connect_openai(url)
-            async with ws:
-                self.openai_ws = ws
-                self.bridge.on_openai_connected(configured=configured)
-                await self._perform()
-                handled = 0
-                async for message in ws:
-                    self._on_openai_message(message)
-                    await self._perform()
-                    handled += 1
-                    if handled % OPENAI_BURST == 0:
-                        # Let the transport flush and other calls' audio through. Yielding
-                        # after every event put each delta of a burst a whole loop round
-                        # behind the last: at 200 calls, OpenAI->caller p99 555-1570 ms
-                        # against 208-230 ms this way.
-                        await asyncio.sleep(0)
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            return status in (401, 403), f"OpenAI refused the connection (HTTP {status})"
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            return False, f"OpenAI connection failed: {exc}"
-        finally:
-            self.openai_ws = None
-        if self.recycling:
-            return None
-        code, reason = ws.close_code, ws.close_reason
-        return code in FATAL_CLOSE_CODES, f"OpenAI closed the session ({code} {reason})".strip()
-
-    def _on_openai_message(self, message: str | bytes) -> None:
-        assert self.bridge is not None
-        try:
-            event = json.loads(message)
-        except ValueError:
-            logger.warning("call %s: OpenAI sent a frame that is not JSON", self.call_sid)
-            return
-        if not isinstance(event, dict):
-            return
-        try:
-            self.bridge.on_openai(event, time.monotonic())
-        except Exception:
-            logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, event.get("type"))
-            self._request_end(EndCall(EndedReason.ERROR, "internal error in the bridge (see server log)"))
-
-    async def _send_openai(self, text: str) -> None:
-        """Sent in the order the bridge decided, without a queue and sender task (their wake-up
-        per frame cost ~6 % of the loop at 100 calls). Without a live session the message is
-        moot: the bridge keeps caller audio and replays the conversation when one is back."""
-        ws = self.openai_ws
-        if ws is None:
-            return
-        try:
-            await ws.send(text)
-        except ConnectionClosed:  # imported, not ``websockets.X``: that is a lazy import each time
-            return  # the session reader sees the close and reconnects
-
-    async def _write_database(self) -> None:
-        """Store turns as they complete; retry while the database is briefly away."""
-        while (action := await self.to_database.get()) is not None:
-            for delay in (*DB_RETRY_SECONDS, None):
-                try:
-                    if isinstance(action, SaveTurn):
-                        await _db(services.turn_record)(call_sid=self.call_sid, turn=action.turn)
-                    elif isinstance(action, SaveToolCall):
-                        await _db(services.tool_call_record)(call_sid=self.call_sid, record=action.record)
-                    else:
-                        await _db(services.call_record_error)(call_sid=self.call_sid, message=action.message)
-                    break
-                except (IntegrityError, DataError) as exc:
-                    # Retrying cannot fix the data itself; never log the transcript text.
-                    logger.error(
-                        "call %s: could not store a %s: %s", self.call_sid, type(action).__name__, exc
-                    )
-                    break
-                except DatabaseError as exc:
-                    if delay is None:
-                        logger.error(
-                            "call %s: gave up storing a %s: %s", self.call_sid, type(action).__name__, exc
-                        )
-                        break
-                    logger.warning("call %s: database unavailable (%s); retrying", self.call_sid, exc)
-                    await asyncio.sleep(delay)
-                except Exception:
-                    logger.exception("call %s: could not store a %s", self.call_sid, type(action).__name__)
-                    break
 
     async def _finish(self, end: EndCall) -> None:
         """End the call once, whichever side ended it: store the rest, close both sockets."""
@@ -614,7 +440,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         await self._finish_recording()
         summary = bridge.summary(end) if bridge else CallSummary(end.reason, end.error)
         try:
-            await _db(services.call_finalize)(call_sid=self.call_sid, summary=summary)
+            await in_thread(services.call_finalize)(call_sid=self.call_sid, summary=summary)
         except DatabaseError as exc:
             logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)
         if self.in_call_group:
@@ -630,30 +456,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             failed = end.reason in (EndedReason.ERROR, EndedReason.SERVER_RESTART)
             await self._close(CLOSE_CALL_FAILED if failed else 1000)
 
-    async def _finish_recording(self) -> None:
-        """Write what is left, close the file and hand it to the storage backend."""
-        wav, recorder = self.wav, self.recorder
-        if wav is None:
-            return
-        self.wav = self.recorder = None
-        if self.recording_flush is not None:  # batches are written one at a time, in order
-            await asyncio.gather(self.recording_flush, return_exceptions=True)
-        try:
-            if recorder is not None:
-                await _db(recorder.flush)(recorder.batch(), None)
-            await _db(wav.close)()
-            await _db(services.call_save_recording)(call_sid=self.call_sid, path=wav.path)
-            await _db(wav.path.unlink)()
-        except (OSError, DatabaseError) as exc:
-            # The partial file stays on disk (its header keeps it playable) for recovery.
-            logger.error(
-                "call %s: could not store the recording (%s); kept at %s", self.call_sid, exc, wav.path
-            )
-
     async def _hang_up(self) -> None:
         """Complete the call through Twilio's REST API: authoritative, unlike a socket close."""
         try:
-            ended_now = await _db(twilio_rest.call_complete)(self.call_sid)
+            ended_now = await in_thread(twilio_rest.call_complete)(self.call_sid)
             logger.info("call %s: %s", self.call_sid, "hung up" if ended_now else "had already ended")
         except twilio_rest.TwilioNotConfigured:
             logger.info(
