@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 from twilio.request_validator import RequestValidator
 
@@ -44,6 +45,15 @@ class TwilioClient:
 @pytest.fixture
 def twilio(client: Client) -> TwilioClient:
     return TwilioClient(client)
+
+
+@pytest.fixture
+def staff_client(client: Client) -> Client:
+    """The test client logged in as "ops", staff and superuser, so admin pages and staff sockets
+    open without granting permissions; tests of a non-superuser's access log in their own user."""
+    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
 
 
 def call_params(call_sid: str = "CA" + "1" * 32, **extra: str) -> dict[str, str]:
