@@ -55,7 +55,6 @@ import random
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -84,6 +83,7 @@ from bench.wire import (  # noqa: E402
     caller_frame,
 )
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller, twilio_signature  # noqa: E402
+from calls.processes import stop_process, wait_for_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 BENCH_NUMBER = "+15550100199"  # the bench agent answers this number only
@@ -294,16 +294,6 @@ def raise_open_files_limit() -> None:
             )
 
 
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def start_fake(port: int, log_path: Path, options: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     log = log_path.open("wb")
     process = subprocess.Popen(
@@ -330,17 +320,8 @@ def start_daphne(env: dict[str, str], port: int, log_path: Path) -> subprocess.P
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"daphne exited at start-up:\n{log_path.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    stop_process(process)
-    raise RuntimeError(f"daphne did not listen within 60 s:\n{log_path.read_text()}")
+    wait_for_port(process, port, timeout=60, name="daphne", log=log_path.read_text)
+    return process
 
 
 # -- one simulated call ------------------------------------------------------------------

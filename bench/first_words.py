@@ -44,9 +44,9 @@ from bench.bridge_latency import (  # noqa: E402
     prepare_database,
     start_daphne,
     start_fake,
-    stop_process,
 )
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller  # noqa: E402
+from calls.processes import stop_process  # noqa: E402
 
 CALL_TIMEOUT = 20.0
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from calls.fakes.twilio_caller import (
     twilio_signature,
 )
 from calls.models import Call, Turn
+from calls.processes import stop_process, wait_for_port
 
 GREETING_WAIT = 3.0  # seconds a caller waits for a greeting before speaking first
 CLOSE_WAIT = 15.0  # seconds the server gets to finalise the call after our `stop`
@@ -370,13 +370,7 @@ class _Service:
         return "\n".join(text[-lines:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def _start(name: str, command: list[str], env: dict[str, str], port: int, logs: Path) -> _Service:
@@ -386,17 +380,8 @@ def _start(name: str, command: list[str], env: dict[str, str], port: int, logs: 
             command, cwd=settings.BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT
         )
     service = _Service(name, process, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # start-up only: wait for the port to open
-        if process.poll() is not None:
-            raise SimulationError(f"{name} exited at start-up:\n{service.tail()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return service
-        except OSError:
-            time.sleep(0.05)
-    service.stop()
-    raise SimulationError(f"{name} did not listen on port {port} within 30 s:\n{service.tail()}")
+    wait_for_port(process, port, timeout=30, name=name, log=service.tail, error=SimulationError)
+    return service
 
 
 @contextlib.contextmanager

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import pytest
+from django.contrib.auth import get_user_model
 from django.test import Client
 from twilio.request_validator import RequestValidator
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+    from tests.live import BackgroundLoop
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_BASE_URL = "https://voice.example.ngrok.app"
@@ -44,6 +53,15 @@ class TwilioClient:
 @pytest.fixture
 def twilio(client: Client) -> TwilioClient:
     return TwilioClient(client)
+
+
+@pytest.fixture
+def staff_client(client: Client) -> Client:
+    """The test client logged in as "ops", staff and superuser, so admin pages and staff sockets
+    open without granting permissions; tests of a non-superuser's access log in their own user."""
+    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
+    client.force_login(user)
+    return client
 
 
 def call_params(call_sid: str = "CA" + "1" * 32, **extra: str) -> dict[str, str]:
@@ -192,3 +210,42 @@ def live(server_process, transactional_db, fake_openai, fake_twilio_rest, media_
     yield server_process
     if server_process.process.poll() is not None:
         pytest.fail(f"the server died:\n{server_process.log()}")
+
+
+# --- browser tests: Debian's Chromium through Playwright (tests/chromium.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def chromium(loop: BackgroundLoop) -> Iterator[Browser]:
+    """One headless Chromium for the session; a module needing other flags overrides this."""
+    from tests.chromium import launched
+
+    with launched(loop) as browser:
+        yield browser
+
+
+@pytest.fixture
+def browser(chromium: Browser, loop: BackgroundLoop) -> Iterator[Browser]:
+    """The session's browser; every page a test opened is closed after it, pass or fail."""
+    yield chromium
+    for context in chromium.contexts:
+        loop.run(context.close())
+
+
+@pytest.fixture
+def web(live, start_server, settings, tmp_path):
+    """Our server as a person reaches it locally: plain HTTP (the session server redirects
+    browsers to HTTPS, as production does; http://127.0.0.1 is still a secure context, so the
+    web phone may use the microphone), sharing this test's database and media, with a staff
+    superuser to sign in as."""
+    from tests.chromium import ARTIFACTS, PASSWORD, USERNAME
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True, is_superuser=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    return start_server(
+        SECURE_SSL_REDIRECT="false",
+        SESSION_COOKIE_SECURE="false",
+        CSRF_COOKIE_SECURE="false",
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+    )

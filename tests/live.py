@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from calls.processes import stop_process, wait_for_port
 from calls.simulation import database_url, free_port
 
 __all__ = ["BackgroundLoop", "LiveServer", "database_url", "free_port", "start_daphne"]
@@ -51,13 +49,7 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_daphne(env_overrides: dict[str, str], log_path: Path, *, port: int | None = None) -> LiveServer:
@@ -74,14 +66,5 @@ def start_daphne(env_overrides: dict[str, str], log_path: Path, *, port: int | N
         stderr=subprocess.STDOUT,
     )
     server = LiveServer(url=f"http://127.0.0.1:{port}", port=port, process=process, log_path=log_path)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # start-up only; tests themselves never poll
-        if process.poll() is not None:
-            raise RuntimeError(f"daphne exited at start-up:\n{server.log()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server
-        except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"daphne did not listen within 30 s:\n{server.log()}")
+    wait_for_port(process, port, timeout=30, name="daphne", log=server.log)
+    return server

@@ -9,13 +9,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def call_with_transcript() -> Call:
     call = Call.objects.create(
         call_sid="CA" + "5" * 32,

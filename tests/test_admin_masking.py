@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from calls.admin import mask_phone
 from calls.models import Call, Role, ToolCall, Turn
@@ -11,13 +10,6 @@ from calls.models import Call, Role, ToolCall, Turn
 pytestmark = pytest.mark.django_db
 
 FROM, TO = "+15550001111", "+15552223333"
-
-
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

@@ -58,13 +58,6 @@ def isolated_media(settings, tmp_path):
 
 
 @pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def reviewed_call() -> Call:
     call = Call.objects.create(
         call_sid="CA" + "5" * 32,

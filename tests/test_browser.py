@@ -9,94 +9,18 @@ import io
 import wave
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.staticfiles import finders
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
 from calls.fakes.openai_realtime import Reply, Script
 from calls.fakes.twilio_caller import mulaw_to_linear, mulaw_tone
 from calls.models import Agent, Call, EndedReason, Role, ToolCall, Turn
+from tests.chromium import ARTIFACTS, signed_in_page
 from tests.test_e2e_bridge import caller_for, dial, speak
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-USERNAME, PASSWORD = "reviewer", "a-long-test-password-42"
-
-
-@pytest.fixture(scope="session")
-def chromium(loop):
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    playwright = loop.run(async_playwright().start())
-    browser = loop.run(playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS))
-    yield browser
-    loop.run(browser.close())
-    loop.run(playwright.stop())
-
-
-@pytest.fixture
-def browser(chromium, loop):
-    """The session's browser; every page a test opened is closed after it, pass or fail."""
-    yield chromium
-    for context in chromium.contexts:
-        loop.run(context.close())
-
-
-@pytest.fixture
-def web(live, start_server, settings, tmp_path):
-    """Our server as a person reaches it locally: plain HTTP (the session server redirects
-    browsers to HTTPS, as production does), sharing this test's database and media."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True, is_superuser=True)
-    ARTIFACTS.mkdir(exist_ok=True)
-    return start_server(
-        SECURE_SSL_REDIRECT="false",
-        SESSION_COOKIE_SECURE="false",
-        CSRF_COOKIE_SECURE="false",
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
-    )
-
-
-async def serve_static(route) -> None:
-    # daphne serves no static files (a deployment puts them behind its web server); the browser
-    # gets the admin's CSS and our JS straight from the app's static folders.
-    found = finders.find(urlsplit(route.request.url).path.removeprefix("/static/"))
-    if found:
-        await route.fulfill(path=found)
-    else:
-        await route.fulfill(status=404)
-
-
-async def signed_in_page(browser, server, errors: list[str]):
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
-    await context.route(f"{server.url}/static/**", serve_static)
-    page = await context.new_page()
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    await page.goto(f"{server.url}/admin/login/?next=/admin/")
-    await page.fill("#id_username", USERNAME)
-    await page.fill("#id_password", PASSWORD)
-    await page.click("input[type=submit]")
-    await page.wait_for_url(f"{server.url}/admin/")
-    return page
 
 
 def stereo_wav(seconds: float) -> bytes:

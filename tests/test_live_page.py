@@ -24,13 +24,6 @@ ORIGIN = b"http://localhost:8000"
 
 
 @pytest.fixture
-def staff(client):
-    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def active_call() -> Call:
     call = Call.objects.create(
         call_sid=SID,
@@ -54,12 +47,12 @@ def run(scenario) -> Any:
     return async_to_sync(scenario)()
 
 
-def test_staff_get_the_active_calls_then_live_events(staff, active_call):
+def test_staff_get_the_active_calls_then_live_events(staff_client, active_call):
     Call.objects.create(call_sid="CA" + "b" * 32)  # never streamed: not a live call
     Call.objects.create(call_sid="CA" + "c" * 32, started_at=timezone.now(), ended_at=timezone.now())
 
     async def scenario():
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         connected, _ = await communicator.connect()
         assert connected
         snapshot = await communicator.receive_json_from()
@@ -76,12 +69,12 @@ def test_staff_get_the_active_calls_then_live_events(staff, active_call):
     assert event == {"kind": "turn", "call_sid": SID, "position": 1, "role": "caller", "text": "Hi"}
 
 
-def test_hang_up_goes_to_the_calls_group_with_the_staff_username(staff, active_call):
+def test_hang_up_goes_to_the_calls_group_with_the_staff_username(staff_client, active_call):
     async def scenario():
         layer = get_channel_layer()
         call_process = await layer.new_channel()  # stands in for the media consumer holding the call
         await layer.group_add(live.call_group(SID), call_process)
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         await communicator.connect()
         await communicator.receive_json_from()  # snapshot
         await communicator.send_json_to({"action": "hang_up", "call_sid": SID})
@@ -106,11 +99,11 @@ def test_hang_up_goes_to_the_calls_group_with_the_staff_username(staff, active_c
         "not an object",
     ],
 )
-def test_bad_or_stale_hang_up_requests_are_answered_with_an_error(staff, active_call, request_):
+def test_bad_or_stale_hang_up_requests_are_answered_with_an_error(staff_client, active_call, request_):
     Call.objects.create(call_sid="CA" + "c" * 32, started_at=timezone.now(), ended_at=timezone.now())
 
     async def scenario():
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         await communicator.connect()
         await communicator.receive_json_from()
         await communicator.send_to(text_data=json.dumps(request_))
@@ -160,20 +153,20 @@ def test_staff_with_view_permission_only_may_monitor(client, active_call):
     assert client.get("/admin/live/").status_code == 200
 
 
-def test_another_site_cannot_open_the_socket_with_a_staff_cookie(staff):
+def test_another_site_cannot_open_the_socket_with_a_staff_cookie(staff_client):
     async def scenario():
-        communicator = socket(staff, origin=b"https://evil.example")
+        communicator = socket(staff_client, origin=b"https://evil.example")
         connected, _ = await communicator.connect()
         return connected
 
     assert run(scenario) is False
 
 
-def test_numbers_are_masked_on_the_live_page_with_mask_phone_numbers(staff, active_call, settings):
+def test_numbers_are_masked_on_the_live_page_with_mask_phone_numbers(staff_client, active_call, settings):
     settings.MASK_PHONE_NUMBERS = True
 
     async def scenario():
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         await communicator.connect()
         snapshot = await communicator.receive_json_from()
         await live.publish({"kind": "call_started", "call_sid": "CA1", "from": "+15557770000", "to": "+1555"})
@@ -184,7 +177,7 @@ def test_numbers_are_masked_on_the_live_page_with_mask_phone_numbers(staff, acti
     snapshot, started = run(scenario)
     assert snapshot["calls"][0]["from"] == "+1555•••1111"
     assert (started["from"], started["to"]) == ("+1555•••0000", "•••55")
-    body = staff.get("/admin/live/").content.decode()
+    body = staff_client.get("/admin/live/").content.decode()
     assert "+15550001111" not in body
 
 
@@ -196,10 +189,10 @@ def test_media_stream_route_has_no_session_authentication():
     assert media.callback.consumer_class is MediaStreamConsumer
 
 
-def test_live_page_lists_active_calls_with_their_transcript_escaped(staff, active_call):
+def test_live_page_lists_active_calls_with_their_transcript_escaped(staff_client, active_call):
     Turn.objects.create(call=active_call, position=1, role=Role.CALLER, text="</script><b>hi</b>")
     Call.objects.create(call_sid="CA" + "c" * 32, started_at=timezone.now(), ended_at=timezone.now())
-    response = staff.get("/admin/live/")
+    response = staff_client.get("/admin/live/")
     assert response.status_code == 200
     body = response.content.decode()
     assert "</script><b>" not in body  # json_script escapes <, > and &
@@ -217,6 +210,6 @@ def test_live_page_is_staff_only(client):
     assert client.get("/admin/live/").status_code == 302
 
 
-def test_admin_index_and_call_list_link_to_the_live_page(staff):
-    assert 'href="/admin/live/"' in staff.get("/admin/").content.decode()
-    assert 'href="/admin/live/"' in staff.get("/admin/calls/call/").content.decode()
+def test_admin_index_and_call_list_link_to_the_live_page(staff_client):
+    assert 'href="/admin/live/"' in staff_client.get("/admin/").content.decode()
+    assert 'href="/admin/live/"' in staff_client.get("/admin/calls/call/").content.decode()

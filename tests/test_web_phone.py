@@ -42,13 +42,6 @@ def agent() -> Agent:
 
 
 @pytest.fixture
-def staff(client):
-    user = get_user_model().objects.create_user("ops", password="pw-123456", is_staff=True, is_superuser=True)
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def openai(settings, fake_openai, fake_twilio_rest):
     """The consumer runs in this process: point it at the fakes."""
     settings.OPENAI_REALTIME_URL = fake_openai.url
@@ -107,10 +100,10 @@ def media_messages(stream_sid: str, audio: bytes) -> list[str]:
 # --- the page ------------------------------------------------------------------------------
 
 
-def test_page_offers_the_enabled_agents_to_staff(staff, agent):
+def test_page_offers_the_enabled_agents_to_staff(staff_client, agent):
     Agent.objects.create(name="Sales", phone_number="+15552220000", instructions="-")
     Agent.objects.create(name="Retired", phone_number="+15552221111", instructions="-", enabled=False)
-    response = staff.get("/admin/phone/")
+    response = staff_client.get("/admin/phone/")
     assert response.status_code == 200
     assert [a.name for a in response.context["agents"]] == ["Default agent", "Sales"]
     body = response.content.decode()
@@ -129,8 +122,8 @@ def test_page_is_for_staff_who_may_view_calls(client):
     assert client.get("/admin/phone/").status_code == 200
 
 
-def test_admin_index_links_to_the_web_phone(staff):
-    assert 'href="/admin/phone/"' in staff.get("/admin/").content.decode()
+def test_admin_index_links_to_the_web_phone(staff_client):
+    assert 'href="/admin/phone/"' in staff_client.get("/admin/").content.decode()
 
 
 # --- the service ---------------------------------------------------------------------------
@@ -180,20 +173,20 @@ def test_socket_is_refused_to_anyone_but_staff_who_see_calls(client, agent, who)
     assert run(scenario) is False
 
 
-def test_another_site_cannot_open_the_socket_with_a_staff_cookie(staff):
+def test_another_site_cannot_open_the_socket_with_a_staff_cookie(staff_client):
     async def scenario():
-        communicator = socket(staff, origin=b"https://evil.example")
+        communicator = socket(staff_client, origin=b"https://evil.example")
         connected, _ = await communicator.connect()
         return connected
 
     assert run(scenario) is False
 
 
-def test_each_socket_is_assigned_fresh_sids(staff):
+def test_each_socket_is_assigned_fresh_sids(staff_client):
     async def scenario():
         assigned = []
         for _ in range(2):
-            communicator = socket(staff)
+            communicator = socket(staff_client)
             connected, _ = await communicator.connect()
             assert connected
             assigned.append(await communicator.receive_json_from())
@@ -215,11 +208,11 @@ def test_each_socket_is_assigned_fresh_sids(staff):
         ({"customParameters": {"agent": "999999"}}, web_phone.CLOSE_AGENT_UNAVAILABLE),
     ],
 )
-def test_start_must_use_the_assigned_sids_and_an_enabled_agent(staff, agent, change, code):
+def test_start_must_use_the_assigned_sids_and_an_enabled_agent(staff_client, agent, change, code):
     Call.objects.create(call_sid="WEB" + "0" * 32, direction=CallDirection.WEB)
 
     async def scenario():
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         await communicator.connect()
         assigned = await communicator.receive_json_from()
         await communicator.send_to(text_data=json.dumps({"event": "connected", "protocol": "Call"}))
@@ -232,13 +225,13 @@ def test_start_must_use_the_assigned_sids_and_an_enabled_agent(staff, agent, cha
     assert Call.objects.count() == 1 and Call.objects.get().started_at is None
 
 
-def test_a_web_call_is_bridged_and_stored_like_a_phone_call(staff, agent, openai, loop):
+def test_a_web_call_is_bridged_and_stored_like_a_phone_call(staff_client, agent, openai, loop):
     openai.set_script(Script(replies=[Reply(transcript="We open at nine.")], caller_transcripts=["Hours?"]))
     sessions_before = len(openai.sessions)
     speech = mulaw.tone(800, seed=5) + mulaw.silence(600)
 
     async def scenario():
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         await communicator.connect()
         assigned = await communicator.receive_json_from()
         await communicator.send_to(text_data=json.dumps({"event": "connected", "protocol": "Call"}))
@@ -276,9 +269,9 @@ def test_a_web_call_is_bridged_and_stored_like_a_phone_call(staff, agent, openai
     assert call.usage
 
 
-def test_operator_hang_up_ends_a_web_call_without_twilio(staff, agent, openai, fake_twilio_rest):
+def test_operator_hang_up_ends_a_web_call_without_twilio(staff_client, agent, openai, fake_twilio_rest):
     async def scenario():
-        communicator = socket(staff)
+        communicator = socket(staff_client)
         await communicator.connect()
         assigned = await communicator.receive_json_from()
         await communicator.send_to(text_data=start_message(assigned, str(agent.pk)))

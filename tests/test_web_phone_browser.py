@@ -6,15 +6,19 @@ honours a barge-in's clear."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from django.contrib.auth import get_user_model
 
 from calls.fakes import mulaw, wav
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallDirection, CallStatus, EndedReason, Role
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, PASSWORD, USERNAME, signed_in_page
+from tests.chromium import ARTIFACTS, USERNAME, launched, signed_in_page
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 pytestmark = pytest.mark.e2e
 
@@ -33,44 +37,15 @@ def microphone_wav(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def phone_browser(loop, microphone_wav):
-    if not CHROMIUM.exists():
-        pytest.fail("Debian's chromium is missing: `make test` installs it (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    playwright = loop.run(async_playwright().start())
-    flags = [
-        *CHROMIUM_FLAGS,
+def chromium(loop, microphone_wav) -> Iterator[Browser]:
+    """Overrides conftest's session browser for this module: this one's microphone is a WAV file."""
+    media_flags = [
         "--use-fake-device-for-media-stream",
         "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-audio-capture={microphone_wav}",
     ]
-    browser = loop.run(playwright.chromium.launch(executable_path=str(CHROMIUM), args=flags))
-    yield browser
-    loop.run(browser.close())
-    loop.run(playwright.stop())
-
-
-@pytest.fixture
-def browser(phone_browser, loop):
-    yield phone_browser
-    for context in phone_browser.contexts:
-        loop.run(context.close())
-
-
-@pytest.fixture
-def web(live, start_server, settings, tmp_path):
-    """Plain HTTP, as a person reaches a local server (http://127.0.0.1 is a secure context,
-    so the page may use the microphone)."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True, is_superuser=True)
-    ARTIFACTS.mkdir(exist_ok=True)
-    return start_server(
-        SECURE_SSL_REDIRECT="false",
-        SESSION_COOKIE_SECURE="false",
-        CSRF_COOKIE_SECURE="false",
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
-    )
+    with launched(loop, media_flags) as browser:
+        yield browser
 
 
 def loudest_second(audio: bytes) -> bytes:
