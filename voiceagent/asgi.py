@@ -17,6 +17,9 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from calls.routing import websocket_urlpatterns  # noqa: E402
+from voiceagent.daphne_tuning import configure_daphne  # noqa: E402
+
+configure_daphne()
 
 application = ProtocolTypeRouter(
     {
