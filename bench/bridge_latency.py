@@ -313,8 +313,10 @@ def start_fake(port: int, log_path: Path, options: list[str]) -> tuple[subproces
 
 def start_daphne(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("wb")
+    # -v 2 lets Twisted's log through: autobahn says there why it dropped a connection.
+    command = [sys.executable, "-m", "daphne", "-v", "2", "-b", "127.0.0.1", "-p", str(port)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceagent.asgi:application"],
+        [*command, "voiceagent.asgi:application"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -1285,7 +1287,9 @@ def round_seconds(args: argparse.Namespace) -> list[float]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    logs = args.output.parent / "logs"  # server and fake logs, next to the results
+    # Server and fake logs next to the results, one folder per output: a later run must not
+    # overwrite the log that explains an earlier run's failures.
+    logs = args.output.parent / f"{args.output.stem}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bridge-bench-"))
     processes: list[subprocess.Popen[bytes]] = []

@@ -158,7 +158,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    logs = args.output.parent / "logs"
+    logs = args.output.parent / f"{args.output.stem}-logs"  # one folder per output, as bridge_latency
     logs.mkdir(parents=True, exist_ok=True)
     fake_options = [f"--handshake-ms={args.handshake_ms}", f"--session-created-ms={args.session_created_ms}"]
     fake, fake_port = start_fake(0, logs / "first_words_fake_openai.log", fake_options)
