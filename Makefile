@@ -29,8 +29,10 @@ test: test-fast
 	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -p no:cacheprovider
 
 test-fast: $(VENV)/.test-deps
-	@# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	@# The browser tests drive Debian's Chromium (Playwright never downloads a browser here);
+	@# the stand-in's speech test needs espeak-ng. Installed with apt-get when missing.
+	command -v chromium >/dev/null && command -v espeak-ng >/dev/null \
+		|| (apt-get update && apt-get install -y chromium espeak-ng)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
