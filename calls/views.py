@@ -6,9 +6,10 @@ import logging
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from calls import preconnect, services, twilio_rest, twiml
 from calls.realtime import AgentConfig
@@ -100,3 +101,16 @@ def stream_ended(request: HttpRequest) -> HttpResponse:
     caller hears an apology instead of silence; otherwise the call simply ends."""
     apology = services.call_apology(call_sid=request.POST.get("CallSid", ""))
     return _twiml(twiml.say_and_hang_up(apology) if apology else twiml.hang_up())
+
+
+@require_safe
+def health(request: HttpRequest) -> HttpResponse:
+    """For a load balancer or process monitor: 200 while this worker can take calls, 503 when
+    its database does not answer (no webhook could be accepted). Nothing about the calls."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError as exc:
+        logger.warning("Health check: database unavailable (%s)", type(exc).__name__)
+        return JsonResponse({"status": "database unavailable"}, status=503)
+    return JsonResponse({"status": "ok"})

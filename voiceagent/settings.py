@@ -67,8 +67,9 @@ def _env_secure(name: str) -> bool:
 # every request is redirected to itself, forever.
 SECURE_SSL_REDIRECT = _env_secure("SECURE_SSL_REDIRECT")
 # Twilio's webhooks are never redirected: a 301 loses the POST, and Twilio only ever uses the
-# https URLs it was given. Their signatures already prove where they were sent.
-SECURE_REDIRECT_EXEMPT = [r"^(incoming-call|call-status|stream-status|amd-status|stream-ended)$"]
+# https URLs it was given. Their signatures already prove where they were sent. Nor is the
+# health check: probes ask the worker's own port over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^(incoming-call|call-status|stream-status|amd-status|stream-ended|healthz)$"]
 SESSION_COOKIE_SECURE = _env_secure("SESSION_COOKIE_SECURE")
 CSRF_COOKIE_SECURE = _env_secure("CSRF_COOKIE_SECURE")
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600, minimum=0)

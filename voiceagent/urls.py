@@ -15,6 +15,7 @@ urlpatterns = [
     path("stream-status", views.stream_status, name="stream-status"),
     path("amd-status", views.amd_status, name="amd-status"),
     path("stream-ended", views.stream_ended, name="stream-ended"),
+    path("healthz", views.health, name="health"),
     # Staff only (admin_view: login redirect); its socket is /ws/live (calls/routing.py).
     path("admin/live/", admin.site.admin_view(live_page.live_calls), name="live-calls"),
     # Staff only; its socket is /ws/phone (calls/routing.py).
