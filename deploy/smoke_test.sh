@@ -70,6 +70,10 @@ check "admin over TLS (X-Forwarded-Proto honoured, no redirect loop)" "200" \
     "$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:8443/admin/login/)"
 check "static files from WhiteNoise" "200" \
     "$(curl -sk -o /dev/null -w '%{http_code}' https://127.0.0.1:8443/static/admin/css/base.css)"
+for i in 1 2; do  # a probe asks each worker's own port directly, over plain HTTP
+    check "worker $i health" "200" \
+        "$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: 127.0.0.1' http://127.0.0.1:800$i/healthz)"
+done
 
 # Calls through wss://, the certificate trusted for this run only.
 unset DATABASE_URL REDIS_URL PUBLIC_BASE_URL USE_X_FORWARDED_PROTO DEBUG SECRET_KEY OPENAI_REALTIME_URL MEDIA_ROOT
