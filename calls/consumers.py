@@ -101,11 +101,21 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         """Daphne cancels every connection when the server stops (SIGTERM, a deploy): end the
         call properly instead of leaving it open. What was said and recorded is stored, OpenAI
         is closed, and the 4500 close makes Twilio fetch ``<Connect action>`` (served by a
-        worker still running), so the caller hears an apology rather than dead air."""
+        worker still running), so the caller hears an apology rather than dead air.
+
+        Daphne also cancels a consumer still running ``--application-close-timeout`` (10 s)
+        after its socket closed: the call's end is then still being stored (a database
+        retrying, a slow recording upload). That goes on in its own, shielded task."""
         if getattr(self, "bridge", None) is None:
             return
-        logger.warning("call %s: server stopping; ending the call", self.call_sid)
-        self._request_end(EndCall(EndedReason.SERVER_RESTART, "the server stopped during the call"))
+        if self.twilio_closed and self.finishing is not None:
+            logger.info(
+                "call %s: cancelled by daphne while the call's end was being stored; storing goes on",
+                self.call_sid,
+            )
+        else:
+            logger.warning("call %s: server stopping; ending the call", self.call_sid)
+            self._request_end(EndCall(EndedReason.SERVER_RESTART, "the server stopped during the call"))
         assert self.finishing is not None
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
@@ -478,4 +488,6 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if self.finishing is None:
             self._request_end(EndCall(EndedReason.CALLER_HUNG_UP))
         assert self.finishing is not None
-        await self.finishing
+        # Shielded: daphne cancels a consumer that outlives its socket by its close timeout, and
+        # that must not cancel the storing of the call (turns queued, recording, finalising).
+        await asyncio.shield(self.finishing)

@@ -172,9 +172,9 @@ def start_server(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp
 
     started = []
 
-    def start(**overrides: str):
+    def start(daphne_args: tuple[str, ...] = (), **overrides: str):
         env = server_environment(fake_openai, fake_twilio_rest, media_root) | overrides
-        server = start_daphne(env, tmp_path / f"daphne-{len(started)}.log")
+        server = start_daphne(env, tmp_path / f"daphne-{len(started)}.log", daphne_args=daphne_args)
         started.append(server)
         settings.PUBLIC_BASE_URL = server.url
         return server

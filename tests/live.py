@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,14 +52,26 @@ class LiveServer:
         stop_process(self.process)
 
 
-def start_daphne(env_overrides: dict[str, str], log_path: Path, *, port: int | None = None) -> LiveServer:
+def start_daphne(
+    env_overrides: dict[str, str], log_path: Path, *, port: int | None = None, daphne_args: Sequence[str] = ()
+) -> LiveServer:
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env.update(env_overrides)
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "voiceagent.asgi:application"],
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            *daphne_args,
+            "voiceagent.asgi:application",
+        ],
         cwd=ROOT,
         env=env,
         stdout=log,

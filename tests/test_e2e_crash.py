@@ -114,6 +114,36 @@ def test_sigterm_mid_call_ends_the_call_cleanly_and_keeps_everything(
     assert services.call_apology(call_sid=call.call_sid)  # what <Connect action> will say
 
 
+def test_a_call_daphne_gives_up_on_while_it_is_stored_is_still_finished(
+    live, loop, start_server, fake_openai
+):
+    """Daphne cancels a consumer still running ``--application-close-timeout`` seconds after
+    its socket closed (here 0: at its next check, within a second). Storing the call's end,
+    which waits up to 2 s for the caller's last words to be transcribed, goes on in a task of
+    its own: the call is finalised as the caller's hang-up, not as a server restart. (The
+    cancellation used to reach that task through ``disconnect``: the call stayed "in progress"
+    and the turns still queued for the database were lost.)"""
+    server = start_server(daphne_args=("--application-close-timeout", "0"))
+    fake_openai.set_script(Script(caller_transcripts=["Bye."], transcription_delay=3.0))
+    sessions_before = len(fake_openai.sessions)
+
+    async def scenario():
+        caller = caller_for(server)
+        await dial(caller)
+        session = await fake_openai.wait_for_session(sessions_before)
+        await caller.send_audio(speak(600, 500))
+        await session.wait_for_sent("input_audio_buffer.committed")
+        await caller.hang_up()  # stop, then close: the transcript is 3 s away, the end waits 2 s
+
+    loop.run(scenario())
+    call = wait_for(lambda: Call.objects.filter(ended_at__isnull=False).first())
+    assert call.ended_reason == EndedReason.CALLER_HUNG_UP
+    log = server.log()
+    assert "took too long to shut down and was killed" in log  # daphne did cancel it
+    assert "cancelled by daphne while the call's end was being stored" in log
+    assert "server stopping" not in log
+
+
 class DatabaseOutage:
     """Hold an exclusive lock on the turn table from another connection, like a database
     that stops answering writes for a while."""
