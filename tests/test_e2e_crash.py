@@ -210,3 +210,39 @@ def test_audio_goes_on_while_the_database_is_away_and_turns_are_written_after(li
         (Role.AGENT, answer.transcript),
     ]
     assert talked_for < 10
+
+
+def test_turns_queued_when_the_caller_hangs_up_in_a_database_outage_are_written_after_it(
+    live, loop, start_server, fake_openai
+):
+    """The caller hangs up while the database is away, with turns still queued; daphne then
+    gives up on the consumer (``--application-close-timeout``, here 0). Once the database is
+    back, every turn is written and the call is finalised: nothing said is lost."""
+    server = start_server(daphne_args=("--application-close-timeout", "0"))
+    Agent.objects.update(greeting="Hello there.")
+    greeting = Reply(transcript="Hello there.")
+    answer = Reply(transcript="Yes, we deliver to your street.")
+    fake_openai.set_script(Script(replies=[greeting, answer], caller_transcripts=["Do you deliver?"]))
+
+    async def connect():
+        caller = caller_for(server)
+        await dial(caller)
+        await caller.wait_heard(len(greeting.render_audio()))
+        return caller
+
+    async def talk_and_hang_up(caller):
+        await caller.send_audio(speak())
+        await caller.wait_heard(len(greeting.render_audio()) + len(answer.render_audio()), timeout=15)
+        await caller.hang_up()
+
+    caller = loop.run(connect())
+    with DatabaseOutage():
+        loop.run(talk_and_hang_up(caller))
+        wait_for(lambda: "took too long to shut down and was killed" in server.log())
+    call = wait_for(lambda: Call.objects.filter(ended_at__isnull=False).first(), timeout=20)
+    assert call.ended_reason == EndedReason.CALLER_HUNG_UP
+    assert list(call.turns.order_by("position").values_list("role", "text")) == [
+        (Role.AGENT, greeting.transcript),
+        (Role.CALLER, "Do you deliver?"),
+        (Role.AGENT, answer.transcript),
+    ]
