@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from calls import realtime, twilio_media
+from calls import realtime, replay, twilio_media
 from calls.audio import BYTES_PER_MS, base64_size, split_base64
 from calls.bridge_actions import (
     Action,
@@ -38,17 +38,16 @@ logger = logging.getLogger(__name__)
 CHUNK_CHARS = 1280
 # Caller audio kept while OpenAI connects (the caller's first words matter): 10 s.
 MAX_EARLY_FRAMES = 500
-# Conversation items we re-create in a new OpenAI session carry this id prefix.
-REPLAY_PREFIX = "replay_"
+REPLAY_PREFIX = replay.REPLAY_PREFIX
 
 
 @dataclass(slots=True)
 class Item:
-    """A conversation item: a caller utterance or an agent answer."""
+    """A conversation item: a caller utterance, an agent answer or a tool call."""
 
     item_id: str
     position: int
-    role: str
+    role: str  # "caller" | "agent" | "tool" | "other"
     transcript: str = ""
     transcript_parts: list[str] = field(default_factory=list)
     transcript_done: bool = False
@@ -60,6 +59,39 @@ class Item:
     heard_ms: int | None = None
     latency_ms: int | None = None
     saved: bool = False
+    response_id: str = ""
+    session: int = 0  # the OpenAI session it belongs to (1, 2... after reconnects)
+    cut_off: bool = False  # agent: the session dropped while it was being generated
+    words_lost: bool = False  # caller: the session dropped before its transcript came
+    # Tool calls: what the model asked and what it was given back (None: still running).
+    call_id: str = ""
+    tool_name: str = ""
+    arguments: str = ""
+    tool_output: str | None = None
+
+    def replay_turn(self) -> replay.Turn | None:
+        """This item as the replacement session is to be told it; None if it is not a turn."""
+        if self.role == "caller":
+            known = self.transcript_done and not self.words_lost
+            return replay.Turn("caller", self.transcript, words_known=known)
+        if self.role == "agent":
+            return replay.Turn(
+                "agent",
+                self.transcript or "".join(self.transcript_parts),
+                interrupted=self.truncated,
+                heard_ms=self.heard_ms,
+                audio_ms=self.sent_bytes // BYTES_PER_MS,
+                cut_off=self.cut_off,
+            )
+        if self.role == "tool":
+            return replay.Turn(
+                "tool",
+                call_id=self.call_id,
+                tool_name=self.tool_name,
+                arguments=self.arguments,
+                tool_output=self.tool_output,
+            )
+        return None
 
 
 def add_usage(total: dict[str, Any], usage: object) -> None:
@@ -122,6 +154,7 @@ class CallBridge(CallControl):
         self._session_live_since = now
         self._recycle_requested = False
         self._replayed = 0
+        self._respond_after_replay = False  # a tool finished while no session was live
         self._probe(now)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -146,7 +179,7 @@ class CallBridge(CallControl):
     def _item(self, item_id: str, role: str) -> Item:
         item = self.items.get(item_id)
         if item is None:
-            item = Item(item_id=item_id, position=self._next_position, role=role)
+            item = Item(item_id=item_id, position=self._next_position, role=role, session=self.sessions)
             self._next_position += 1
             self.items[item_id] = item
         return item
@@ -166,9 +199,21 @@ class CallBridge(CallControl):
         """The OpenAI session is gone (dropped, or replaced on purpose). Until the next one is
         live, caller audio is kept; what Twilio is playing plays on."""
         self.live = False
-        self._active_response = None
+        active, self._active_response = self._active_response, None
         self._wanted = None
-        self._pending_tools.clear()
+        # Tools still running keep running: their results are given to the next session.
+        for item in sorted(self.items.values(), key=lambda i: i.position):
+            if item.role == "agent" and not item.transcript_done and active is not None:
+                if self._item_response.get(item.item_id) == active:
+                    # No more of this answer will come; what was sent plays on and is stored.
+                    item.cut_off = not planned
+                    item.transcript = "".join(item.transcript_parts)
+                    item.transcript_done = item.audio_done = True
+                    self._maybe_finish_agent(item, now)
+            elif item.role == "caller" and not item.saved and item.started_ms is not None:
+                # Its transcription belonged to the lost session and will never come.
+                item.words_lost = True
+                self._save(item, "")
         if not planned:
             self.reconnects += 1
             self._outbox.append(RecordError(f"OpenAI session lost ({reason}); reconnecting"))
@@ -192,18 +237,22 @@ class CallBridge(CallControl):
             self._request_response(realtime.greeting_instructions(self.agent.greeting))
 
     def _replay_conversation(self) -> None:
-        for item in sorted(self.items.values(), key=lambda i: i.position):
-            text = item.transcript or "".join(item.transcript_parts)
-            if not text or item.item_id.startswith(REPLAY_PREFIX):
-                continue
-            if item.truncated:
-                text += " [interrupted: the caller only heard the beginning]"
-            role = {"caller": "user", "agent": "assistant", "tool": "system"}.get(item.role)
-            if role is None:
-                continue
-            self._replayed += 1
-            item_id = f"{REPLAY_PREFIX}{self._replayed}"
-            self._outbox.append(SendOpenAI(realtime.text_item(text, role=role, item_id=item_id)))
+        turns = [
+            turn
+            for item in sorted(self.items.values(), key=lambda i: i.position)
+            if (turn := item.replay_turn()) is not None
+        ]
+        events = replay.replay_items(turns, first_id=self._replayed + 1)
+        self._replayed += len(events)
+        self._outbox.extend(SendOpenAI(event) for event in events)
+        # The drop may have eaten the answer to the caller's last words (or to a tool's
+        # output): ask for it rather than leave the caller in silence.
+        unanswered = bool(turns) and (
+            turns[-1].role == "caller" or (turns[-1].role == "tool" and turns[-1].tool_output is not None)
+        )
+        if (unanswered or self._respond_after_replay) and not self._pending_tools and self._closing is None:
+            self._request_response()
+        self._respond_after_replay = False
 
     def _request_response(
         self, instructions: str | None = None, metadata: dict[str, str] | None = None
@@ -318,8 +367,11 @@ class CallBridge(CallControl):
 
     def _truncate(self, item_id: str, heard_bytes: int, now: float) -> None:
         audio_end_ms = heard_bytes // BYTES_PER_MS
-        self._outbox.append(SendOpenAI(realtime.truncate(item_id, audio_end_ms)))
         item = self.items.get(item_id)
+        if item is None or item.session == self.sessions:
+            self._outbox.append(SendOpenAI(realtime.truncate(item_id, audio_end_ms)))
+        # else: an answer of a lost session, still playing when the caller cut in. The live
+        # session never had that item (only its replayed text) and would refuse the truncate.
         if item is None:
             return
         item.truncated = True
@@ -368,7 +420,8 @@ class CallBridge(CallControl):
         if raw.get("id"):
             role = {"message": "agent", "function_call": "tool"}.get(str(raw.get("type")), "other")
             item = self._item(str(raw["id"]), role)
-            self._item_response[item.item_id] = str(event.get("response_id") or self._active_response)
+            item.response_id = str(event.get("response_id") or self._active_response)
+            self._item_response[item.item_id] = item.response_id
 
     def _on_audio_delta(self, event: dict[str, Any], now: float) -> None:
         response_id = str(event.get("response_id") or self._active_response or "")
@@ -447,7 +500,9 @@ class CallBridge(CallControl):
     def _on_transcription_completed(self, event: dict[str, Any], now: float) -> None:
         item = self._item(str(event.get("item_id") or ""), "caller")
         add_usage(self.transcription_usage, event.get("usage"))
-        self._save(item, str(event.get("transcript") or "").strip())
+        item.transcript = str(event.get("transcript") or "").strip()
+        item.transcript_done = True
+        self._save(item, item.transcript)
 
     def _on_transcription_failed(self, event: dict[str, Any], now: float) -> None:
         item = self._item(str(event.get("item_id") or ""), "caller")

@@ -81,6 +81,7 @@ class CallControl:
     _dtmf_count: int
     _silence_prompts: int
     _wrap_up_sent: bool
+    _respond_after_replay: bool
     _session_live_since: float
     _recycle_requested: bool
 
@@ -111,6 +112,7 @@ class CallControl:
         item = self._item(str(event.get("item_id") or call_id), "tool")
         if not call_id:
             return
+        item.call_id, item.tool_name, item.arguments = call_id, name, arguments
         if name not in self.agent.tool_names:
             self._tool_done(item.position, name, call_id, arguments, error=f"unknown tool {name!r}")
             self._request_response()
@@ -128,8 +130,13 @@ class CallControl:
         if call_id not in self._pending_tools:
             return
         self._pending_tools.discard(call_id)
-        self._remember_tool(record.position, record.name, output)
+        self._remember_output(call_id, output)
         self._outbox.append(SaveToolCall(record))
+        if not self.live:
+            # The session was lost while the tool ran: the next one gets the output with the
+            # rest of the conversation, then answers.
+            self._respond_after_replay = True
+            return
         self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
         if not self._pending_tools and self._closing is None:
             self._request_response()
@@ -138,6 +145,7 @@ class CallControl:
         self, position: int, name: str, call_id: str, arguments: str, *, result: Any = None, error: str = ""
     ) -> None:
         output = realtime.dumps({"error": error} if error else result)
+        self._remember_output(call_id, output)
         self._outbox.append(
             SaveToolCall(ToolCallRecord(position, name, call_id, arguments, result, error, 0))
         )
@@ -161,11 +169,11 @@ class CallControl:
         self._tool_done(position, "transfer_call", call_id, arguments, error=error)
         self._request_response()
 
-    def _remember_tool(self, position: int, name: str, output: str) -> None:
-        """Kept as text so a replacement OpenAI session can be told what tools returned."""
+    def _remember_output(self, call_id: str, output: str) -> None:
+        """Kept so a replacement OpenAI session can be told what the tool returned."""
         for item in self.items.values():
-            if item.position == position:
-                item.transcript = f"Earlier in this call the tool {name} returned: {output[:2000]}"
+            if item.call_id == call_id:
+                item.tool_output = output
                 return
 
     def on_transfer_result(self, ok: bool, error: str, now: float) -> None:
@@ -243,7 +251,9 @@ class CallControl:
         self._dtmf_count += 1
         item = self._item(f"dtmf_{self._dtmf_count}", "caller")
         item.started_ms = item.ended_ms = self._offset_ms(now)
-        item.saved = True
+        item.saved = item.transcript_done = True
+        noun = "key" if len(digits) == 1 else "keys"
+        item.transcript = f"[The caller pressed the {noun} {digits} on their phone keypad.]"
         self._outbox.append(
             SaveTurn(
                 TurnRecord(
@@ -257,14 +267,7 @@ class CallControl:
                 )
             )
         )
-        noun = "key" if len(digits) == 1 else "keys"
-        self._outbox.append(
-            SendOpenAI(
-                realtime.text_item(
-                    f"[The caller pressed the {noun} {digits} on their phone keypad.]", item_id=item.item_id
-                )
-            )
-        )
+        self._outbox.append(SendOpenAI(realtime.text_item(item.transcript, item_id=item.item_id)))
         self._request_response()
 
     def on_tick(self, now: float) -> None:

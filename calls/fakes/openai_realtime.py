@@ -141,6 +141,7 @@ class Script:
     close_after_session_update: int | None = None
     close_after_first_delta: int | None = None
     connect_delay: float = 0.0
+    carry_over: bool = False  # sessions given this same Script share its replies and transcripts
 
     def __post_init__(self) -> None:
         # Synthesise reply audio now, in whatever thread builds the script, rather than
@@ -344,8 +345,12 @@ class FakeSession:
         self._watch = _Watch()
         self._send_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._replies = list(script.replies)
-        self._transcripts = list(script.caller_transcripts)
+        # A script shared by sessions (``carry_over``) is a conversation that survives drops:
+        # each session goes on where the last one stopped.
+        self._replies = script.replies if script.carry_over else list(script.replies)
+        self._transcripts = (
+            script.caller_transcripts if script.carry_over else list(script.caller_transcripts)
+        )
         self._updates = 0
         self._responses = 0
         self._audio_sent = False
@@ -423,6 +428,26 @@ class FakeSession:
     async def _close(self, code: int, reason: str = "") -> None:
         self.close_code = code
         await self.ws.close(code, reason)
+
+    async def drop(self, how: str = "1011") -> None:
+        """End the session mid-call the ways the service does: ``"1011"`` (server error),
+        ``"session_expired"`` (the 60-minute cap: an ``error``, then 1001), or ``"reset"``
+        (the TCP connection lost with no close frame, as a network failure does)."""
+        if how == "reset":
+            self.close_code = 1006
+            if self.ws.transport is not None:
+                self.ws.transport.abort()
+        elif how == "session_expired":
+            await self._send(
+                _error(
+                    "session_expired",
+                    "Your session hit the maximum duration of 60 minutes.",
+                    type_="invalid_request_error",
+                )
+            )
+            await self._close(1001, "Your session hit the maximum duration of 60 minutes.")
+        else:
+            await self._close(int(how))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -988,6 +1013,12 @@ class FakeSession:
                     ev,
                 )
                 return
+        elif kind == "function_call":
+            # A client may re-create a call (a replayed conversation); its output may follow.
+            if not isinstance(item.get("name"), str) or not isinstance(item.get("arguments"), str):
+                await self._fail("missing_required_parameter", "Missing 'name' or 'arguments'.", "item", ev)
+                return
+            self._calls[str(item.get("call_id") or new_id("call"))] = item
         elif kind == "function_call_output":
             if item.get("call_id") not in self._calls:  # message UNCONFIRMED
                 await self._fail(
