@@ -255,10 +255,10 @@ class CallBridge(CallControl):
         self._respond_after_replay = False
 
     def _request_response(
-        self, instructions: str | None = None, metadata: dict[str, str] | None = None
+        self, instructions: str | None = None, metadata: dict[str, str] | None = None, *, tools: bool = True
     ) -> None:
         """Only one response may be active: ask now, or as soon as the current one is done."""
-        create = realtime.response_create(instructions, metadata)
+        create = realtime.response_create(instructions, metadata, tools=tools)
         if self._active_response is not None:
             self._wanted = create
             return
@@ -451,6 +451,14 @@ class CallBridge(CallControl):
             self._outbox.append(SendTwilio(twilio_media.media_message(self.stream_sid, piece)))
             self._outbox.append(SendTwilio(twilio_media.mark_message(self.stream_sid, name)))
 
+    def _response_spoke(self, response_id: str) -> bool:
+        """Whether any audio of this response was sent to the caller."""
+        return any(
+            item.sent_bytes
+            for item in self.items.values()
+            if item.role == "agent" and self._item_response.get(item.item_id) == response_id
+        )
+
     def _measure_latency(self, item: Item, now: float) -> None:
         """First audio of an answer: how long after the caller stopped speaking it left."""
         if self.first_audio_ms is None:
@@ -492,6 +500,14 @@ class CallBridge(CallControl):
         closing = self._closing
         if closing is not None and closing.goodbye_response == response.get("id"):
             closing.wait_for_goodbye = False
+        if closing is not None and not closing.fired and closing.tool_response == response.get("id"):
+            closing.tool_response = ""
+            if not self._response_spoke(str(response.get("id"))):
+                # The model called end_call/transfer_call without a word, as real models do
+                # whatever the tool description says: the caller must not hear the line drop in
+                # silence. Ask for the goodbye (or the transfer notice) now.
+                self._wanted = None
+                self._ask_goodbye(closing, now)
         if self._wanted and not self._pending_tools and (closing is None or closing.wait_for_goodbye):
             self._last_create, self._wanted = self._wanted, None
             self._outbox.append(SendOpenAI(self._last_create))

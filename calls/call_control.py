@@ -45,6 +45,11 @@ TRANSFER_STOP_DEADLINE = 10.0
 SESSION_RECYCLE_GRACE = 60.0
 # Tags the response.create of a goodbye we asked for, so its response can be recognised.
 CLOSING_METADATA = "voiceagent_closing"
+# What the agent is asked to say when it ends or transfers the call without a word.
+GOODBYE = {
+    "agent_ended": "You have ended the call. Say a brief, polite goodbye to the caller now.",
+    "transferred": "Tell the caller in one short sentence that you are transferring them now.",
+}
 # While nothing plays, re-measure the round trip to Twilio this often.
 PROBE_INTERVAL = 2.0
 
@@ -59,6 +64,9 @@ class Closing:
     wait_for_goodbye: bool = False  # a goodbye was asked for and has not been said yet
     goodbye_response: str = ""
     fired: bool = False
+    # The response whose tool call (end_call, transfer_call) started the closing, until it is
+    # done: if it said nothing, a goodbye is asked for.
+    tool_response: str = ""
 
 
 class CallControl:
@@ -90,7 +98,7 @@ class CallControl:
         raise NotImplementedError
 
     def _request_response(
-        self, instructions: str | None = None, metadata: dict[str, str] | None = None
+        self, instructions: str | None = None, metadata: dict[str, str] | None = None, *, tools: bool = True
     ) -> None:
         raise NotImplementedError
 
@@ -118,9 +126,9 @@ class CallControl:
             self._request_response()
         elif name == "end_call":
             self._tool_done(item.position, name, call_id, arguments, result={"ok": True})
-            self._close_after_speaking("agent_ended", now)
+            self._close_after_speaking("agent_ended", now, tool_response=self._response_of(event))
         elif name == "transfer_call":
-            self._on_transfer_call(item.position, call_id, arguments, now)
+            self._on_transfer_call(item.position, call_id, arguments, now, self._response_of(event))
         else:
             self._pending_tools.add(call_id)
             self._outbox.append(RunTool(call_id, name, arguments, item.position))
@@ -151,7 +159,12 @@ class CallControl:
         )
         self._outbox.append(SendOpenAI(realtime.function_output(call_id, output)))
 
-    def _on_transfer_call(self, position: int, call_id: str, arguments: str, now: float) -> None:
+    def _response_of(self, event: dict[str, Any]) -> str:
+        return str(event.get("response_id") or self._active_response or "")
+
+    def _on_transfer_call(
+        self, position: int, call_id: str, arguments: str, now: float, response_id: str
+    ) -> None:
         destinations = self.agent.transfer_destinations
         try:
             requested = realtime.json_object(arguments).get("destination") or ""
@@ -164,7 +177,7 @@ class CallControl:
         else:
             number = requested or destinations[0]
             self._tool_done(position, "transfer_call", call_id, arguments, result={"transferring_to": number})
-            self._close_after_speaking("transferred", now, transfer_to=number)
+            self._close_after_speaking("transferred", now, transfer_to=number, tool_response=response_id)
             return
         self._tool_done(position, "transfer_call", call_id, arguments, error=error)
         self._request_response()
@@ -204,15 +217,26 @@ class CallControl:
 
     # -- ending the call, limits, silence, key presses --------------------------------------
 
-    def _close_after_speaking(self, reason: str, now: float, *, transfer_to: str = "", say: str = "") -> None:
-        if self._closing is not None and self._closing.fired:
+    def _close_after_speaking(
+        self, reason: str, now: float, *, transfer_to: str = "", say: str = "", tool_response: str = ""
+    ) -> None:
+        current = self._closing
+        if current is not None and (current.fired or (current.wait_for_goodbye and not transfer_to)):
+            # Already ending, with a goodbye on its way (the model may call end_call in the
+            # very goodbye we asked for): that goodbye still has to be heard.
             return
-        self._closing = Closing(reason, now + CLOSING_DEADLINE, transfer_to)
+        self._closing = Closing(reason, now + CLOSING_DEADLINE, transfer_to, tool_response=tool_response)
         if say:
-            self._closing.wait_for_goodbye = True
-            self._outbox.append(SendOpenAI(realtime.text_item(say, role="system")))
-            self._request_response(metadata={CLOSING_METADATA: reason})
+            self._ask_goodbye(self._closing, now, say)
         self._maybe_close(now)
+
+    def _ask_goodbye(self, closing: Closing, now: float, say: str = "") -> None:
+        """A system note, then a response tagged as this closing's goodbye, with no tools."""
+        closing.wait_for_goodbye = True
+        closing.deadline = max(closing.deadline, now + CLOSING_DEADLINE)
+        note = say or GOODBYE.get(closing.reason, GOODBYE["agent_ended"])
+        self._outbox.append(SendOpenAI(realtime.text_item(note, role="system")))
+        self._request_response(metadata={CLOSING_METADATA: closing.reason}, tools=False)
 
     def _maybe_close(self, now: float) -> None:
         closing = self._closing

@@ -132,12 +132,17 @@ def audio_append(payload: str) -> str:
     return f'{{"type":"input_audio_buffer.append","audio":"{payload}"}}'
 
 
-def response_create(instructions: str | None = None, metadata: dict[str, str] | None = None) -> str:
+def response_create(
+    instructions: str | None = None, metadata: dict[str, str] | None = None, *, tools: bool = True
+) -> str:
+    """``tools=False``: this response may not call a tool (a goodbye must be spoken)."""
     response: dict[str, Any] = {}
     if instructions is not None:
         response["instructions"] = instructions
     if metadata:
         response["metadata"] = metadata  # echoed on response.created/done
+    if not tools:
+        response["tool_choice"] = "none"
     if not response:
         return '{"type":"response.create"}'
     return dumps({"type": "response.create", "response": response})

@@ -127,10 +127,15 @@ def test_end_call_waits_for_the_goodbye_to_finish_playing():
 
 def test_transfer_goes_to_the_default_number_after_the_notice_and_stop_is_not_a_hang_up():
     bridge = live()
-    bridge.on_openai({"type": "response.created", "response": {"id": "resp_1"}}, 0)
+    bridge.playback.rtt = 0.0
+    start_response(bridge, "item_notice")
+    bridge.on_openai(delta("item_notice", b"\x55" * 800), now=0.0)  # "Putting you through."
+    notice = bridge.drain()
     function_call(bridge, "transfer_call", {"reason": "wants a manager"})
     assert not [a for a in bridge.drain() if isinstance(a, Transfer)]
-    response_done(bridge, now=0.1)
+    response_done(bridge, now=0.05)
+    assert not [a for a in bridge.drain() if isinstance(a, Transfer)]  # the notice is playing
+    echo_all_marks(bridge, notice, now=0.1)
     assert [a for a in bridge.drain() if isinstance(a, Transfer)] == [Transfer("+15550009999")]
     bridge.on_transfer_result(True, "", 0.2)
     bridge.on_twilio(twilio_media.Stop(STREAM), 0.3)
@@ -242,3 +247,84 @@ def test_caller_speaking_again_cancels_the_silence_goodbye():
     bridge.on_openai({"type": "input_audio_buffer.speech_started", "item_id": "u2"}, 10.5)
     bridge.on_tick(40.0)
     assert not [a for a in bridge.drain() if isinstance(a, EndCall)]
+
+
+def output_item(bridge, item, response, now):
+    bridge.on_openai(
+        {
+            "type": "response.output_item.added",
+            "response_id": response,
+            "item": {"id": item, "type": "message", "role": "assistant"},
+        },
+        now,
+    )
+
+
+def goodbye_asked(actions) -> dict:
+    """The tagged response.create of a goodbye the bridge asked for (after its system note)."""
+    sent = openai_sent(actions)
+    [create] = [e for e in sent if e["type"] == "response.create"]
+    assert sent[-2]["type"] == "conversation.item.create" and sent[-2]["item"]["role"] == "system"
+    assert create["response"]["tool_choice"] == "none"  # the goodbye cannot end in another tool call
+    return create
+
+
+def say_goodbye(bridge, create, now):
+    """The model answers the request: a short goodbye, streamed; returns its actions."""
+    response = {"id": "resp_bye", "metadata": create["response"]["metadata"]}
+    bridge.on_openai({"type": "response.created", "response": response}, now)
+    output_item(bridge, "item_bye", "resp_bye", now)
+    bridge.on_openai(delta("item_bye", b"\x55" * 1600, response="resp_bye"), now=now)
+    actions = bridge.drain()
+    response_done(bridge, "resp_bye", now=now + 0.05)
+    return actions + bridge.drain()
+
+
+def test_end_call_with_nothing_said_asks_for_a_goodbye_and_hangs_up_once_it_is_heard():
+    bridge = live()
+    bridge.playback.rtt = 0.0
+    bridge.on_openai({"type": "response.created", "response": {"id": "resp_1"}}, 0)
+    function_call(bridge, "end_call", {"reason": "caller is done"})  # no audio in this response
+    response_done(bridge, now=0.05)
+    actions = bridge.drain()
+    assert not [a for a in actions if isinstance(a, EndCall)]  # not in silence
+    create = goodbye_asked(actions)
+    assert create["response"]["metadata"] == {"voiceagent_closing": "agent_ended"}
+    goodbye = say_goodbye(bridge, create, now=0.1)
+    assert not [a for a in goodbye if isinstance(a, EndCall)]  # 200 ms still playing
+    echo_all_marks(bridge, goodbye, now=0.35)
+    assert [a for a in bridge.drain() if isinstance(a, EndCall)] == [EndCall("agent_ended", "", True)]
+
+
+def test_transfer_with_nothing_said_tells_the_caller_before_the_redirect():
+    bridge = live()
+    bridge.playback.rtt = 0.0
+    bridge.on_openai({"type": "response.created", "response": {"id": "resp_1"}}, 0)
+    function_call(bridge, "transfer_call", {})
+    response_done(bridge, now=0.1)
+    actions = bridge.drain()
+    assert not [a for a in actions if isinstance(a, Transfer)]
+    create = goodbye_asked(actions)
+    assert "transferring" in openai_sent(actions)[-2]["item"]["content"][0]["text"]
+    notice = say_goodbye(bridge, create, now=0.2)
+    assert not [a for a in notice if isinstance(a, Transfer)]
+    echo_all_marks(bridge, notice, now=0.45)
+    assert [a for a in bridge.drain() if isinstance(a, Transfer)] == [Transfer("+15550009999")]
+
+
+def test_end_call_during_a_time_limit_goodbye_still_waits_for_it():
+    bridge = live(agent(max_call_seconds=60))
+    bridge.playback.rtt = 0.0
+    bridge.on_tick(45.0)
+    create = goodbye_asked(bridge.drain())
+    response = {"id": "resp_bye", "metadata": create["response"]["metadata"]}
+    bridge.on_openai({"type": "response.created", "response": response}, 45.1)
+    function_call(bridge, "end_call", {}, response="resp_bye", now=45.1)
+    assert not [a for a in bridge.drain() if isinstance(a, EndCall)]
+    output_item(bridge, "item_bye", "resp_bye", 45.2)
+    bridge.on_openai(delta("item_bye", b"\x55" * 1600, response="resp_bye"), now=45.2)
+    goodbye = bridge.drain()
+    response_done(bridge, "resp_bye", now=45.3)
+    assert not [a for a in bridge.drain() if isinstance(a, EndCall)]
+    echo_all_marks(bridge, goodbye, now=45.5)
+    assert [a.reason for a in bridge.drain() if isinstance(a, EndCall)] == ["time_limit"]

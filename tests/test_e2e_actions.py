@@ -128,6 +128,40 @@ def test_end_call_hangs_up_only_after_the_goodbye_was_heard(live, loop, fake_ope
     assert ToolCall.objects.get().name == "end_call"
 
 
+@pytest.mark.parametrize("tool", ["end_call", "transfer_call"])
+def test_a_silent_end_call_or_transfer_is_preceded_by_a_spoken_goodbye(
+    live, loop, fake_openai, fake_twilio_rest, tool
+):
+    """Real models call end_call (or transfer_call) without saying a word: the caller must
+    still hear a goodbye (or the transfer notice) before the line drops or moves."""
+    enable_tools(tool, transfer_numbers="+15550009999")
+    silent = Reply(function_call=(tool, {}))
+    goodbye = Reply(transcript="Thanks for calling Luigi's, goodbye!")
+    fake_openai.set_script(Script(replies=[silent, goodbye]))
+    sessions_before = len(fake_openai.sessions)
+
+    async def scenario():
+        caller = caller_for(live)
+        fake_twilio_rest.add_live_call(caller.call_sid)
+        await dial(caller)
+        await caller.send_audio(speak())
+        request = await fake_twilio_rest.await_request(lambda r: r.is_update(caller.call_sid), timeout=15)
+        heard_before = bytes(caller.heard)
+        await hang_up_and_wait(caller)
+        return caller, request, heard_before
+
+    caller, request, heard_before = loop.run(scenario())
+    assert heard_before == goodbye.render_audio()  # all of it, before the hang-up or redirect
+    assert request.time >= caller.heard_segments[-1].end
+    session = fake_openai.sessions[sessions_before]
+    [asked] = [e for e in session.events_of("response.create") if e.get("response", {}).get("metadata")]
+    assert asked["response"]["tool_choice"] == "none"
+    call = Call.objects.get()
+    expected = EndedReason.AGENT_ENDED if tool == "end_call" else EndedReason.TRANSFERRED
+    assert call.ended_reason == expected
+    assert [t.text for t in call.turns.filter(role=Role.AGENT)] == [goodbye.transcript]
+
+
 def test_transfer_redirects_the_live_call_to_dial(live, loop, fake_openai, fake_twilio_rest):
     enable_tools("transfer_call", transfer_numbers="+15550009999, +15550008888")
     notice = Reply(transcript="Let me put you through to a manager.", function_call=("transfer_call", {}))
