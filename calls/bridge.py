@@ -155,6 +155,7 @@ class CallBridge(CallControl):
         self._recycle_requested = False
         self._replayed = 0
         self._respond_after_replay = False  # a tool finished while no session was live
+        self._caller_left_at: float | None = None
         self._probe(now)
 
     # -- plumbing -----------------------------------------------------------------------
@@ -279,6 +280,7 @@ class CallBridge(CallControl):
         elif isinstance(event, twilio_media.Mark):
             self._on_mark(event.name, now)
         elif isinstance(event, twilio_media.Stop):
+            self.on_stream_closed(now)
             # After a transfer Twilio stops the stream itself: that is no hang-up. The stop
             # may even overtake the REST response confirming the redirect.
             self._end("transferred" if self.transferred_to else "caller_hung_up")
@@ -584,9 +586,22 @@ class CallBridge(CallControl):
             latencies_ms=tuple(self.latencies_ms),
         )
 
+    def on_stream_closed(self, now: float) -> None:
+        """The caller's side ended the stream (``stop``, or the socket closed under us)."""
+        if self._caller_left_at is None:
+            self._caller_left_at = now
+
     def finish(self, now: float) -> None:
-        """The call is over: store what is known of every unfinished turn."""
-        heard = self.playback.heard_at(now) if self.playback.is_playing else {}
+        """The call is over: store what is known of every unfinished turn, and cut the
+        recording's agent audio where the caller stopped hearing it."""
+        delay = self.playback.delay
+        # The caller left at Twilio one link delay before we heard of it (audio still queued
+        # then was never played); if we end the call, playback stops when our close arrives.
+        left = self._caller_left_at
+        stream_end = left - delay if left is not None else now + delay
+        heard = self.playback.heard_at(stream_end - delay) if self.playback.is_playing else {}
+        if self.record_audio:
+            self._outbox.append(AgentCut(stream_end))
         for item in sorted(self.items.values(), key=lambda i: i.position):
             if item.saved or item.role not in ("caller", "agent"):
                 continue

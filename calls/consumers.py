@@ -479,6 +479,9 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             logger.warning("call %s: could not hang up through the REST API: %s", self.call_sid, exc)
 
     async def disconnect(self, code: int) -> None:
+        bridge = getattr(self, "bridge", None)
+        if bridge is not None and not self.twilio_closed:
+            bridge.on_stream_closed(time.monotonic())  # the caller's side closed, not us
         self.twilio_closed = True
         timer = getattr(self, "start_timer", None)
         if timer is not None:
