@@ -14,7 +14,7 @@ from calls import twiml
 from calls.fakes.openai_realtime import FakeRealtimeServer, Reply, Script
 from calls.fakes.twilio_caller import SimulatedCaller
 from calls.models import Agent, Call, EndedReason, Role
-from tests.conftest import twilio_sign
+from tests.conftest import AUTH_TOKEN, twilio_sign
 from tests.test_e2e_bridge import caller_for, hang_up_and_wait, sent_audio, speak
 
 pytestmark = pytest.mark.e2e
@@ -207,13 +207,14 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> int:
         return int(exc.code)
 
 
-async def post_call_status(server, caller: SimulatedCaller, status: str) -> int:
-    """Twilio's call status callback for ``caller``'s call, signed as Twilio signs it."""
+async def post_call_status(server, caller: SimulatedCaller, status: str, *, token: str = AUTH_TOKEN) -> int:
+    """Twilio's call status callback for ``caller``'s call, signed as Twilio signs it (with
+    another ``token``: forged)."""
     params = caller.webhook_params() | {"CallStatus": status, "SequenceNumber": "1"}
     body = urllib.parse.urlencode(params).encode()
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
-        "X-Twilio-Signature": twilio_sign(server.url + "/call-status", params),
+        "X-Twilio-Signature": twilio_sign(server.url + "/call-status", params, token),
     }
     return await asyncio.to_thread(_post, server.url + "/call-status", body, headers)
 
@@ -319,8 +320,9 @@ def test_call_that_ended_before_its_stream_closes_its_session(agent, start_serve
 def test_call_still_going_keeps_its_session_and_a_replayed_start_cannot_close_it(
     agent, start_server, loop, fake_openai
 ):
-    """Status callbacks that are not final leave the session for the stream; once claimed, a
-    replay of the stream's start (same token, already spent) is refused and the call goes on."""
+    """Status callbacks that are not final, or not Twilio's, leave the session for the stream;
+    once claimed, a replay of the stream's start (same token, already spent) is refused and
+    the call goes on."""
     server = start_server(OPENAI_PRECONNECT="true", OPENAI_PRECONNECT_TTL=LONG_TTL)
     greeting = Reply(transcript=GREETING)
     answer = Reply(transcript="We open at nine every morning.")
@@ -333,6 +335,7 @@ def test_call_still_going_keeps_its_session_and_a_replayed_start_cannot_close_it
         session = await fake_openai.wait_for_session(before)
         await session.wait_for_event("session.update")
         assert await post_call_status(server, caller, "in-progress") == 200
+        assert await post_call_status(server, caller, "completed", token="not-our-auth-token") == 403
         await caller.connect_stream()
         await caller.wait_heard(len(greeting.render_audio()))
         replay = caller_for(server, call_sid=caller.call_sid)
