@@ -80,6 +80,9 @@ async def call_status(request: HttpRequest) -> HttpResponse:
         # Only this process's session: the registry is per process, and Twilio posts to the
         # URL set on the number, not to the worker that answered the webhook (WORKER_ROUTE
         # steers only the media socket). Elsewhere the TTL closes it (OPENAI_PRECONNECT_TTL).
+        # Not signalled through the channel layer: every worker would need a standing receive
+        # task, and each pending call a group joined and left in Redis, to save at most the TTL
+        # of one idle socket.
         preconnect.discard(params.get("CallSid", ""), f"Twilio reports the call {status}")
     try:
         await _apply_status(params)
