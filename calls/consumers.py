@@ -22,7 +22,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from calls import live, services, tools, twilio_media, twilio_rest, twiml
+from calls import live, preconnect, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
 from calls.bridge_actions import (
     AgentAudio,
@@ -167,6 +167,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
         self.finishing: asyncio.Task[None] | None = None
         if not await self._handshake_allowed():
+            # No start yet, so no call SID: a pre-connected session of the call Twilio meant is
+            # closed by the status callback saying the call ended, or else by its TTL.
             logger.warning("Refused media socket %s: not authenticated", self.scope["path"])
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return
@@ -235,9 +237,29 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         self.start_timer.cancel()
         await self._close(code)
 
+    def _release_preconnected(self, start: twilio_media.Start, reason: str) -> None:
+        """This stream was refused after ``start``: close the OpenAI session the webhook opened
+        for its call, which would otherwise stay open until its TTL (issue 12, defect 5).
+
+        Whose word is this? The upgrade's signature passed, but it covers only our Stream URL,
+        the same for every call; the call SID is what the start says. So act only on a start
+        that is self-consistent, as every start Twilio sends is (its parameters, from our
+        TwiML, name the call it names): one naming another call in them proves nothing about
+        either, and must not cost a real call its session. A replayed start of a call whose
+        stream already claimed its session finds nothing pending (claims are single use).
+        What remains is a forger holding a valid upgrade signature and the SID of a call
+        in the few hundred ms between its webhook and its stream (SIDs are 128 random bits,
+        known only to Twilio and us), or a replay racing the real stream between its token
+        and its claim: the real stream then connects afresh, as before pre-connect existed,
+        which is slower by one handshake but never a lost call."""
+        if start.custom_parameters.get(twiml.PARAM_CALL_SID) != start.call_sid:
+            return
+        preconnect.discard(start.call_sid, f"its media socket was refused ({reason})")
+
     async def _start(self, start: twilio_media.Start) -> None:
         self.call_sid = start.call_sid[:64]
         if not twilio_media.valid_sid(start.stream_sid) or start.encoding != "audio/x-mulaw":
+            self._release_preconnected(start, "unexpected stream")
             await self._reject(f"unexpected stream ({start.encoding})", CLOSE_BAD_STREAM)
             return
         call = await self._authenticate(start)
@@ -255,6 +277,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         token = start.custom_parameters.get(twiml.PARAM_TOKEN, "")
         call = await in_thread(services.stream_token_redeem)(call_sid=start.call_sid, token=token)
         if call is None:
+            self._release_preconnected(start, "bad or already used stream token")
             await self._reject("missing, expired or already used stream token")
         return call
 
@@ -263,6 +286,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         try:
             agent = await in_thread(services.call_stream_started)(call=call, stream_sid=start.stream_sid)
         except services.WebhookError as exc:
+            self._release_preconnected(start, str(exc))  # authenticated: its claim is proven
             await self._reject(str(exc), CLOSE_BAD_STREAM)
             return
         self.tool_context = tools.ToolContext(

@@ -8,6 +8,8 @@ consumer claims a socket that is already open and configured, and the greeting s
 The registry is per process and holds no policy: the caller passes the URL, key, time to live
 and cap. A media socket that lands on another worker process finds nothing here and connects
 as before; the session opened here is then closed unused (code 1000) when its TTL runs out.
+A session the call will not use (its stream was refused, Twilio reports the call ended) is
+closed at once with ``discard``, but only by the process holding it: see ``calls.views``.
 Events OpenAI sends meanwhile (``session.created``, ``session.updated``) wait in the socket's
 receive buffer and reach the bridge once the consumer reads them.
 """
@@ -148,6 +150,18 @@ class Registry:
         )
         return session
 
+    def discard(self, call_sid: str, why: str) -> bool:
+        """Close ``call_sid``'s pending session now: the call will not use it (call from the
+        event loop). False if none is pending in this process, e.g. already claimed."""
+        session = self._pending.pop(call_sid, None)
+        if session is None:
+            return False
+        if session.expiry is not None:
+            session.expiry.cancel()
+        logger.info("call %s: closing its pre-connected OpenAI session: %s", call_sid, why)
+        self._close_unused(session)
+        return True
+
     @staticmethod
     async def _open(url: str, api_key: str, agent: AgentConfig, timeout: float) -> ClientConnection:
         ws = await open_session(url, api_key, timeout=timeout)
@@ -193,7 +207,13 @@ class Registry:
             session.call_sid,
             self.ttl,
         )
-        closer = asyncio.get_running_loop().create_task(session.discard())
+        self._close_unused(session)
+
+    def _close_unused(self, session: PendingSession) -> None:
+        loop = asyncio.get_running_loop()
+        if session.task.get_loop() is not loop:
+            return  # opened on a loop that is gone (Django's test client runs one per request)
+        closer = loop.create_task(session.discard())
         self._closing.add(closer)
         closer.add_done_callback(self._closing.discard)
 
@@ -224,3 +244,8 @@ def start(call_sid: str, agent: AgentConfig) -> PendingSession | None:
 
 def claim(call_sid: str) -> PendingSession | None:
     return registry().claim(call_sid)
+
+
+def discard(call_sid: str, why: str) -> bool:
+    """Close ``call_sid``'s session pending in this process, if any; ``why`` is logged."""
+    return registry().discard(call_sid, why)

@@ -12,6 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
 from calls import preconnect, services, twilio_rest, twiml
+from calls.models import TERMINAL_STATUSES
 from calls.realtime import AgentConfig
 from calls.signatures import twilio_signed
 
@@ -60,13 +61,31 @@ async def incoming_call(request: HttpRequest) -> HttpResponse:
     return _twiml(twiml.connect_stream(call_sid=incoming.call.call_sid, token=incoming.token))
 
 
+@sync_to_async  # thread-sensitive, as ``_answer``
+def _apply_status(params: dict[str, str]) -> None:
+    services.call_status_apply(params=params)
+
+
 @csrf_exempt
 @require_POST
 @twilio_signed
-def call_status(request: HttpRequest) -> HttpResponse:
-    """Call status callback; unknown calls are acknowledged and ignored."""
+async def call_status(request: HttpRequest) -> HttpResponse:
+    """Call status callback; unknown calls are acknowledged and ignored. Async so that it can
+    close the call's pre-connected OpenAI session, which lives on this event loop."""
+    params = _params(request)
+    status = params.get("CallStatus", "")
+    if status in TERMINAL_STATUSES:
+        # Signed by Twilio, so the call really ended: its media socket will never come (issue 12,
+        # defect 5). Done before the database, which an outage must not keep the socket open for.
+        # Only this process's session: the registry is per process, and Twilio posts to the
+        # URL set on the number, not to the worker that answered the webhook (WORKER_ROUTE
+        # steers only the media socket). Elsewhere the TTL closes it (OPENAI_PRECONNECT_TTL).
+        # Not signalled through the channel layer: every worker would need a standing receive
+        # task, and each pending call a group joined and left in Redis, to save at most the TTL
+        # of one idle socket.
+        preconnect.discard(params.get("CallSid", ""), f"Twilio reports the call {status}")
     try:
-        services.call_status_apply(params=_params(request))
+        await _apply_status(params)
     except services.WebhookError as exc:
         return HttpResponseBadRequest(str(exc))
     return HttpResponse(status=200)

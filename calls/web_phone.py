@@ -101,6 +101,10 @@ class WebPhoneConsumer(MediaStreamConsumer):
             await self._reject(str(exc), CLOSE_AGENT_UNAVAILABLE)
             return None
 
+    def _release_preconnected(self, start: twilio_media.Start, reason: str) -> None:
+        # Web calls are never pre-connected, and a browser's start must not reach a phone call's.
+        return
+
     async def _hang_up(self) -> None:
         # No phone network to tell: closing the socket, which ``_finish`` does next, ends it.
         logger.info("call %s: web call ended by the server", self.call_sid)

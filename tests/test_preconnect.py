@@ -209,3 +209,94 @@ def test_claim_without_a_pending_session_is_none():
         assert Registry(ttl=1, max_pending=1).claim(SID) is None
 
     run(scenario)
+
+
+# --- discarding: the call will not use its session (issue 12, defect 5) ----------------------
+
+
+def test_discarded_session_is_closed_with_1000_at_once_and_logged(caplog):
+    caplog.set_level(logging.INFO, logger="calls.preconnect")
+
+    async def scenario() -> None:
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            registry = Registry(ttl=30, max_pending=10)
+            pending = start(registry, server)
+            assert pending is not None
+            fake = await server.wait_for_session(0)
+            await fake.wait_for_event("session.update")
+            assert registry.discard(SID, "Twilio reports the call completed") is True
+            assert SID not in registry and registry.claim(SID) is None
+            assert pending.expiry is not None and pending.expiry.cancelled()  # no second close at the TTL
+            await fake.wait_closed(timeout=5)  # the TTL is 30 s
+            assert fake.close_code == 1000
+
+    run(scenario)
+    lines = [r.getMessage() for r in caplog.records if "closing its pre-connected" in r.getMessage()]
+    assert lines == [
+        f"call {SID}: closing its pre-connected OpenAI session: Twilio reports the call completed"
+    ]
+
+
+def test_discarding_a_session_still_connecting_stops_its_connect():
+    async def scenario() -> None:
+        async with FakeRealtimeServer(api_key=KEY, handshake_delay=1) as server:
+            registry = Registry(ttl=30, max_pending=10)
+            pending = start(registry, server)
+            assert pending is not None
+            assert registry.discard(SID, "its media socket was refused") is True
+            await asyncio.gather(pending.task, return_exceptions=True)
+            assert pending.task.cancelled()
+            assert server.sessions == [] and len(registry) == 0
+
+    run(scenario)
+
+
+def test_discard_leaves_other_calls_and_claimed_sessions_alone(caplog):
+    caplog.set_level(logging.INFO, logger="calls.preconnect")
+    other = "CA" + "2" * 32
+
+    async def scenario() -> None:
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            registry = Registry(ttl=30, max_pending=10)
+            claimed = start(registry, server)
+            used = await server.wait_for_session(0)  # this call's socket is the fake's first
+            waiting = start(registry, server, other)
+            assert claimed is not None and waiting is not None
+            assert registry.claim(SID) is claimed
+            ws = await claimed.connection(AGENT, timeout=5)
+            assert ws is not None
+            # A refused stream replaying this call's token comes after its real stream claimed.
+            assert registry.discard(SID, "its media socket was refused") is False
+            assert registry.discard("CA" + "3" * 32, "Twilio reports the call completed") is False
+            assert other in registry
+            # The claimed socket is still open and usable.
+            await ws.send(realtime.dumps({"type": "response.create"}))
+            await used.wait_for_event("response.create")
+            assert not used.closed.is_set()
+            await ws.close()
+            assert registry.claim(other) is waiting
+            await waiting.discard()
+
+    run(scenario)
+    assert "closing its pre-connected" not in caplog.text
+
+
+def test_module_discard_uses_the_process_registry(settings):
+    settings.OPENAI_PRECONNECT_TTL = 30
+    preconnect._registry = None
+
+    async def scenario() -> None:
+        async with FakeRealtimeServer(api_key=KEY) as server:
+            settings.OPENAI_REALTIME_URL = server.url
+            settings.OPENAI_API_KEY = KEY
+            pending = preconnect.start(SID, AGENT)
+            assert pending is not None
+            fake = await server.wait_for_session(0)
+            assert preconnect.discard(SID, "the call ended") is True
+            assert preconnect.discard(SID, "the call ended") is False
+            await fake.wait_closed(timeout=5)
+
+    try:
+        run(scenario)
+    finally:
+        preconnect._registry = None

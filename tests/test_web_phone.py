@@ -14,10 +14,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from calls import live, services, web_phone
+from calls import live, preconnect, services, web_phone
 from calls.fakes import mulaw
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallDirection, CallStatus, EndedReason, Role
+from calls.realtime import AgentConfig
 from tests.conftest import OPENAI_KEY
 from voiceagent.asgi import application
 
@@ -223,6 +224,40 @@ def test_start_must_use_the_assigned_sids_and_an_enabled_agent(staff_client, age
 
     assert run(scenario) == {"type": "websocket.close", "code": code}
     assert Call.objects.count() == 1 and Call.objects.get().started_at is None
+
+
+def test_a_web_phone_start_cannot_close_a_phone_calls_preconnected_session(staff_client, agent, openai):
+    """A refused phone stream closes its call's pre-connected session (issue 12, defect 5); a
+    browser naming a phone call in a refused start must not reach that session."""
+    phone_sid = "CA" + "5" * 32
+    preconnect._registry = None
+
+    async def scenario():
+        pending = preconnect.start(phone_sid, AgentConfig(instructions="Be brief.", model="gpt-realtime"))
+        assert pending is not None
+        communicator = socket(staff_client)
+        await communicator.connect()
+        assigned = await communicator.receive_json_from()
+        media_format = {"encoding": "audio/l16", "sampleRate": 8000, "channels": 1}
+        forged = {
+            "callSid": phone_sid,
+            "customParameters": {"call_sid": phone_sid},
+            "mediaFormat": media_format,
+        }
+        await communicator.send_to(text_data=start_message(assigned, str(agent.pk), **forged))
+        closed = await communicator.receive_output()
+        await communicator.wait()
+        still_pending = phone_sid in preconnect.registry()
+        assert preconnect.claim(phone_sid) is pending
+        await pending.discard()
+        return closed, still_pending
+
+    try:
+        closed, still_pending = run(scenario)
+    finally:
+        preconnect._registry = None
+    assert closed == {"type": "websocket.close", "code": 4400}
+    assert still_pending
 
 
 def test_a_web_call_is_bridged_and_stored_like_a_phone_call(staff_client, agent, openai, loop):
