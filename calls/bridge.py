@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 CHUNK_CHARS = 1280
 # Caller audio kept while OpenAI connects (the caller's first words matter): 10 s.
 MAX_EARLY_FRAMES = 500
+# Caller audio sent before speech was detected that the service counts in (its default
+# ``prefix_padding_ms`` is 300 ms): kept so an utterance cut by a drop can be sent again.
+PREFIX_FRAMES = 25
 REPLAY_PREFIX = replay.REPLAY_PREFIX
 
 
@@ -126,6 +129,9 @@ class CallBridge(CallControl):
         self.frames_out = 0
         self._outbox: list[Action] = []
         self._early: deque[str] = deque(maxlen=MAX_EARLY_FRAMES)
+        # Caller audio of the utterance in progress (not yet committed), for a new session.
+        self._uncommitted: deque[str] = deque(maxlen=MAX_EARLY_FRAMES)
+        self._caller_speaking = False
         self._first_media_ms: int | None = None
         self._next_position = 0
         self._active_response: str | None = None
@@ -215,6 +221,12 @@ class CallBridge(CallControl):
                 # Its transcription belonged to the lost session and will never come.
                 item.words_lost = True
                 self._save(item, "")
+        if self._caller_speaking:
+            # The caller was mid-sentence: the lost session heard the start of it. The next
+            # one hears the whole sentence again, from just before it began.
+            self._early.extend(self._uncommitted)
+        self._caller_speaking = False
+        self._uncommitted.clear()
         if not planned:
             self.reconnects += 1
             self._outbox.append(RecordError(f"OpenAI session lost ({reason}); reconnecting"))
@@ -275,6 +287,10 @@ class CallBridge(CallControl):
                 self._first_media_ms = event.timestamp_ms
             if self.live:
                 self._outbox.append(SendOpenAI(realtime.audio_append(event.payload)))
+                uncommitted = self._uncommitted
+                uncommitted.append(event.payload)
+                if not self._caller_speaking and len(uncommitted) > PREFIX_FRAMES:
+                    uncommitted.popleft()
             else:
                 self._early.append(event.payload)
         elif isinstance(event, twilio_media.Mark):
@@ -336,6 +352,7 @@ class CallBridge(CallControl):
 
     def _on_speech_started(self, event: dict[str, Any], now: float) -> None:
         self._silence_prompts = 0
+        self._caller_speaking = True
         if self._closing is not None and self._closing.reason == "silence" and not self._closing.fired:
             self._closing = None  # the caller is back
         item_id = str(event.get("item_id") or "")
@@ -390,6 +407,8 @@ class CallBridge(CallControl):
         self._speech_ms[item_id] = (start, _int(event.get("audio_end_ms")))
 
     def _on_committed(self, event: dict[str, Any], now: float) -> None:
+        self._caller_speaking = False
+        self._uncommitted.clear()
         item = self._item(str(event.get("item_id") or ""), "caller")
         start, end = self._speech_ms.pop(item.item_id, (None, None))
         base = self._first_media_ms or 0

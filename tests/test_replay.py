@@ -3,15 +3,16 @@ order, as the caller lived it (sans-IO, no sockets)."""
 
 from __future__ import annotations
 
+import base64
 import json
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from calls import replay, twilio_media
-from calls.bridge import CallBridge
+from calls.bridge import PREFIX_FRAMES, CallBridge
 from calls.bridge_actions import SaveTurn, ToolCallRecord
-from tests.test_bridge import STREAM, delta, openai_sent, start_response, twilio_sent
+from tests.test_bridge import STREAM, delta, media, openai_sent, session_updated, start_response, twilio_sent
 from tests.test_bridge_actions import agent, function_call, live, response_done
 
 
@@ -170,3 +171,39 @@ def test_replayed_items_are_valid_conversation_items():
         "function_call",
         "function_call_output",
     ]
+
+
+def test_a_sentence_cut_by_the_drop_is_heard_whole_by_the_next_session():
+    bridge = live(agent(transcription_model="gpt-realtime-whisper"))
+    before = [bytes([n]) * 160 for n in range(40)]  # 800 ms of the caller listening
+    for n, frame in enumerate(before):
+        bridge.on_twilio(media(frame, 20 * n), 0.0)
+    bridge.on_openai({"type": "input_audio_buffer.speech_started", "item_id": "item_q"}, 0.8)
+    words = [bytes([100 + n]) * 160 for n in range(30)]
+    for n, frame in enumerate(words):
+        bridge.on_twilio(media(frame, 800 + 20 * n), 0.8)
+    bridge.drain()
+    bridge.on_openai_lost(1.5, "dropped")
+    later = bytes([200]) * 160
+    bridge.on_twilio(media(later, 1400), 1.5)  # while reconnecting
+    reconnect_sent = reconnect_appends(bridge, 1.6)
+    # The sentence from just before it began (the service's prefix padding), then what followed.
+    assert reconnect_sent == [*before[-PREFIX_FRAMES:], *words, later]
+
+
+def test_after_a_committed_turn_nothing_is_sent_twice():
+    bridge = live(agent(transcription_model="gpt-realtime-whisper"))
+    for n in range(10):
+        bridge.on_twilio(media(bytes([n]) * 160, 20 * n), 0.0)
+    caller_says(bridge, "item_q", "Hello?", 0.3)
+    bridge.drain()
+    bridge.on_openai_lost(1.5, "dropped")
+    assert reconnect_appends(bridge, 1.6) == []
+
+
+def reconnect_appends(bridge: CallBridge, now: float) -> list[bytes]:
+    bridge.drain()
+    bridge.on_openai_connected()
+    bridge.on_openai(session_updated(), now)
+    sent = openai_sent(bridge.drain())
+    return [base64.b64decode(e["audio"]) for e in sent if e["type"] == "input_audio_buffer.append"]
