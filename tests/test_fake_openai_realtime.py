@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from calls.fakes import mulaw
-from calls.fakes.openai_realtime import FakeRealtimeServer, Reply, Script
+from calls.fakes.openai_realtime import FakeProtocolError, FakeRealtimeServer, Reply, Script
 
 KEY = "sk-test-fake"
 MODEL = "gpt-realtime"
@@ -196,8 +196,10 @@ def test_session_update_is_merged_and_echoed_in_full() -> None:
             assert s["audio"]["input"]["transcription"]["model"] == "gpt-4o-transcribe"
             assert s["audio"]["output"]["speed"] == 1.0  # untouched field kept
             assert s["tool_choice"] == "auto" and s["tools"][0]["name"] == "end_call"
-            # A partial update changes only what it names.
-            again = await c.update(audio={"input": {"turn_detection": {"silence_duration_ms": 700}}})
+            # A partial update changes only what it names. The SDK requires turn_detection.type.
+            again = await c.update(
+                audio={"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}}
+            )
             td = again["session"]["audio"]["input"]["turn_detection"]
             assert td["silence_duration_ms"] == 700 and td["idle_timeout_ms"] == 8000
             assert again["session"]["instructions"] == "You are a phone agent."
@@ -220,6 +222,74 @@ def test_update_without_session_type_is_refused_whole() -> None:
             assert err["error"]["event_id"] == "evt_1"
             assert srv.sessions[0].config == created["session"]  # nothing applied
             assert (await c.update(instructions="ok"))["type"] == "session.updated"
+
+    run(scenario)
+
+
+def test_events_the_sdk_types_reject_get_the_service_error_and_change_nothing() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            created = await c.recv()
+            session = srv.sessions[0]
+            # A beta-era field hidden in an otherwise good update: refused whole.
+            await c.send(
+                "session.update",
+                event_id="u1",
+                session={"type": "realtime", "instructions": "nope", "audio": pcmu(), "voice": "alloy"},
+            )
+            err = await c.recv()
+            assert err["type"] == "error" and err["event_id"] != "u1"
+            assert err["error"] == {
+                "type": "invalid_request_error",
+                "code": "unknown_parameter",
+                "message": "Unknown parameter: 'session.voice'.",
+                "param": "session.voice",
+                "event_id": "u1",
+            }
+            assert session.config == created["session"]
+            # A beta field name in response.create: no response starts.
+            await c.send("response.create", event_id="r1", response={"modalities": ["audio"]})
+            err = await c.recv()
+            assert (err["error"]["code"], err["error"]["param"]) == (
+                "unknown_parameter",
+                "response.modalities",
+            )
+            await c.send("response.cancel", event_id="c1")
+            assert (await c.recv())["error"]["code"] == "response_cancel_not_active"
+            # A mistyped truncate is not looked at, however plausible.
+            await c.send(
+                "conversation.item.truncate", event_id="t1", item_id="x", content_index=0, audio_end_ms="5"
+            )
+            err = await c.recv()
+            assert (err["error"]["code"], err["error"]["param"]) == ("invalid_type", "audio_end_ms")
+            assert session.truncates == []
+            # An append with an extra key adds no audio; the next good one does.
+            await c.send("input_audio_buffer.append", event_id="a1", audio="AAAA", format="pcmu")
+            err = await c.recv()
+            assert (err["error"]["code"], err["error"]["event_id"]) == ("unknown_parameter", "a1")
+            await c.send("input_audio_buffer.append", audio=base64.b64encode(b"\x7f\x7f").decode())
+            assert await session.wait_for_input_audio(2) == b"\x7f\x7f"
+            assert session.append_count == 1
+            assert [ev.get("event_id") for ev, _ in session.refused] == ["u1", "r1", "t1", "a1"]
+
+    run(scenario)
+
+
+def test_a_server_event_the_sdk_types_reject_is_a_loud_bug_in_the_fake() -> None:
+    async def scenario() -> None:
+        # The script's error has an integer code; the SDK's RealtimeError says str | None.
+        srv = FakeRealtimeServer(Script(reject_session_update={"code": 400}))
+        await srv.start()
+        try:
+            async with client(srv) as c:
+                await c.recv()
+                await c.send("session.update", session={"type": "realtime"})
+                assert await c.close_code() == 1011  # the handler died: nothing invalid went out
+            await srv.sessions[0].wait_closed()
+            assert [ev["type"] for ev in srv.sessions[0].sent] == ["session.created"]
+        finally:
+            with pytest.raises(FakeProtocolError, match="invalid error: invalid_type.*error.code"):
+                await srv.stop()
 
     run(scenario)
 

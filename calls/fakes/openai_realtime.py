@@ -29,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from calls.fakes import mulaw
+from calls.fakes import mulaw, realtime_schema
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ class Script:
             reply.render_audio()
 
 
+class FakeProtocolError(AssertionError):
+    """The fake sent a server event the SDK's GA types reject: a bug in the fake, not the client."""
+
+
 class _Dropped(Exception):
     """Raised inside a response stream after a scripted mid-call close."""
 
@@ -248,7 +252,9 @@ def check_session_update(patch: Any, current: Event, audio_sent: bool) -> tuple[
     td = (audio.get("input") or {}).get("turn_detection")
     if isinstance(td, dict):
         path = "session.audio.input.turn_detection"
-        kind = td.get("type") or (current["audio"]["input"]["turn_detection"] or {}).get("type")
+        kind = td.get("type")
+        if kind is None:  # required in each member of the SDK's turn-detection union
+            return "missing_required_parameter", f"Missing required parameter: '{path}.type'.", f"{path}.type"
         if kind not in _TD_DEFAULTS:
             return "invalid_value", f"Invalid value for '{path}.type'.", f"{path}.type"
         for key in td:
@@ -278,9 +284,9 @@ def apply_session_update(config: Event, patch: Event) -> Event:
             for sub, val in (part or {}).items():
                 current = new["audio"][side].get(sub)
                 if sub == "turn_detection" and isinstance(val, dict):
-                    kind = val.get("type") or (current or {}).get("type")
-                    base = current if current and current.get("type") == kind else _TD_DEFAULTS[str(kind)]
-                    val = {**base, **val, "type": kind}
+                    kind = val["type"]
+                    base = current if current and current.get("type") == kind else _TD_DEFAULTS[kind]
+                    val = {**base, **val}
                 new["audio"][side][sub] = copy.deepcopy(val)
     return new
 
@@ -332,6 +338,10 @@ class FakeSession:
         self.input_audio = bytearray()
         self.append_count = 0
         self.sent: list[Event] = []
+        # Client events refused because the SDK's GA types reject them (also in ``received``
+        # unless they are appends), and server events of ours that they reject (bugs).
+        self.refused: list[tuple[Event, realtime_schema.Problem]] = []
+        self.invalid_sent: list[str] = []
         self.output_audio: dict[str, bytearray] = {}
         self.truncates: list[Event] = []
         self.config: Event = default_session(self.model)
@@ -413,9 +423,15 @@ class FakeSession:
         async with self._send_lock:
             for ev in events:
                 ev.setdefault("event_id", new_id("event"))
+                text = json.dumps(ev)
+                if problem := realtime_schema.server_event_problem(ev.get("type"), text):
+                    bug = f"fake sent an invalid {ev.get('type')}: {problem}"
+                    self.invalid_sent.append(bug)
+                    log.error("fake realtime session %d: %s", self.index, bug)
+                    raise FakeProtocolError(bug)
                 self.sent.append(ev)
                 self._watch.notify()
-                await self.ws.send(json.dumps(ev))
+                await self.ws.send(text)
 
     async def _fail(self, code: str | None, message: str, param: str | None, ev: Event) -> None:
         await self._send(_error(code, message, param, ev.get("event_id")))
@@ -498,11 +514,24 @@ class FakeSession:
             await self._send(_error("invalid_json", "Invalid JSON: expected an event object."))
             return
         kind = ev.get("type")
+        if kind != "input_audio_buffer.append":
+            self.received.append(ev)
+            self._watch.notify()
+        if problem := realtime_schema.client_event_problem(kind, raw):
+            # The service refuses the whole event and acts on none of it.
+            self.refused.append((ev, problem))
+            log.warning(
+                "fake realtime session %d refused %s: %s (%s)",
+                self.index,
+                kind,
+                problem.code,
+                problem.message,
+            )
+            await self._fail(problem.code, problem.message, problem.param, ev)
+            return
         if kind == "input_audio_buffer.append":
             await self._on_append(ev)
             return
-        self.received.append(ev)
-        self._watch.notify()
         handler = self._handlers.get(str(kind))
         if handler is None:
             supported = ", ".join(f"'{name}'" for name in sorted(self._handlers))
@@ -1127,13 +1156,28 @@ class FakeRealtimeServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("fake OpenAI Realtime server listening on %s", self.url)
+        if not realtime_schema.ENABLED:
+            log.warning(
+                "openai SDK not installed: events are not checked against its Realtime types "
+                "(pip install -r requirements-dev.txt to check them)"
+            )
+
+    @property
+    def invalid_sent(self) -> list[str]:
+        """Server events the SDK's GA types rejected, over all sessions: bugs in the fake."""
+        return [bug for session in self.sessions for bug in session.invalid_sent]
 
     async def stop(self) -> None:
-        """Close every session (1001) and wait for all handlers and their tasks to finish."""
+        """Close every session (1001) and wait for all handlers and their tasks to finish.
+
+        Raises FakeProtocolError if the fake sent any event the SDK rejects, so the test that
+        used it fails even when the bad event only made a client give up quietly."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self.invalid_sent:
+            raise FakeProtocolError("; ".join(self.invalid_sent))
 
     async def __aenter__(self) -> FakeRealtimeServer:
         await self.start()
