@@ -275,6 +275,26 @@ def test_events_the_sdk_types_reject_get_the_service_error_and_change_nothing() 
     run(scenario)
 
 
+def test_a_function_call_item_can_be_created_as_history_and_answered() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            await c.recv()
+            call = {"type": "function_call", "call_id": "call_old", "name": "lookup", "arguments": "{}"}
+            await c.send("conversation.item.create", item=call)
+            done = await c.until("conversation.item.done")
+            assert done["item"]["type"] == "function_call" and done["item"]["status"] == "completed"
+            await c.send(
+                "conversation.item.create",
+                item={"type": "function_call_output", "call_id": "call_old", "output": "{}"},
+            )
+            out = await c.until(lambda ev: ev["type"] in ("conversation.item.done", "error"))
+            assert out["type"] == "conversation.item.done"
+            assert out["previous_item_id"] == done["item"]["id"]
+            assert [it["type"] for it in srv.sessions[0].items] == ["function_call", "function_call_output"]
+
+    run(scenario)
+
+
 def test_a_server_event_the_sdk_types_reject_is_a_loud_bug_in_the_fake() -> None:
     async def scenario() -> None:
         # The script's error has an integer code; the SDK's RealtimeError says str | None.

@@ -1017,6 +1017,12 @@ class FakeSession:
                     ev,
                 )
                 return
+        elif kind == "function_call":
+            # History of a call made elsewhere (the SDK's RealtimeConversationItemFunctionCall;
+            # "messages, function calls, and function call responses" in its docstring): its
+            # call_id may then be answered with a function_call_output.
+            if item.get("call_id"):
+                self._calls[str(item["call_id"])] = item
         elif kind == "function_call_output":
             if item.get("call_id") not in self._calls:  # message UNCONFIRMED
                 await self._fail(
