@@ -295,6 +295,27 @@ def test_a_function_call_item_can_be_created_as_history_and_answered() -> None:
     run(scenario)
 
 
+def test_items_are_retrieved_and_deleted_and_semantic_vad_is_echoed() -> None:
+    # Each reply below passed the fake's own check against the SDK's server-event types.
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            await c.recv()
+            updated = await c.update(audio=pcmu({"type": "semantic_vad", "eagerness": "low"}))
+            assert updated["session"]["audio"]["input"]["turn_detection"]["eagerness"] == "low"
+            text = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+            await c.send("conversation.item.create", item={**text, "id": "item_mine"})
+            await c.until("conversation.item.done")
+            await c.send("conversation.item.retrieve", item_id="item_mine")
+            retrieved = await c.until("conversation.item.retrieved")
+            assert retrieved["item"]["content"] == text["content"]
+            await c.send("conversation.item.delete", item_id="item_mine")
+            assert (await c.until("conversation.item.deleted"))["item_id"] == "item_mine"
+            assert srv.sessions[0].items == []
+            assert srv.invalid_sent == []
+
+    run(scenario)
+
+
 def test_a_server_event_the_sdk_types_reject_is_a_loud_bug_in_the_fake() -> None:
     async def scenario() -> None:
         # The script's error has an integer code; the SDK's RealtimeError says str | None.
@@ -308,7 +329,7 @@ def test_a_server_event_the_sdk_types_reject_is_a_loud_bug_in_the_fake() -> None
             await srv.sessions[0].wait_closed()
             assert [ev["type"] for ev in srv.sessions[0].sent] == ["session.created"]
         finally:
-            with pytest.raises(FakeProtocolError, match="invalid error: invalid_type.*error.code"):
+            with pytest.raises(FakeProtocolError, match=r"invalid error: invalid_type.*error\.code"):
                 await srv.stop()
 
     run(scenario)
@@ -491,6 +512,40 @@ def test_module_does_not_import_django() -> None:
     code = "import sys, calls.fakes.openai_realtime; sys.exit('django' in sys.modules)"
     root = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+_WITHOUT_SDK = """
+import asyncio, json, logging, sys
+sys.modules["openai"] = None  # installed from requirements.txt only, as for make demo
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from websockets.asyncio.client import connect
+from calls.fakes.openai_realtime import FakeRealtimeServer
+
+async def main():
+    async with FakeRealtimeServer(api_key="k") as srv:
+        headers = {"Authorization": "Bearer k"}
+        async with connect(srv.url + "?model=m", additional_headers=headers, proxy=None) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            print(json.loads(await ws.recv())["type"])
+
+asyncio.run(main())
+"""
+
+
+def test_without_the_sdk_the_fake_runs_unchecked_and_says_so() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_SDK],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "session.updated"
+    assert "openai SDK not installed: events are not checked" in done.stderr
 
 
 def test_buffer_errors_and_bad_events_keep_the_session_open() -> None:
