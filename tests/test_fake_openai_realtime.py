@@ -270,7 +270,11 @@ def test_events_the_sdk_types_reject_get_the_service_error_and_change_nothing() 
             await c.send("input_audio_buffer.append", audio=base64.b64encode(b"\x7f\x7f").decode())
             assert await session.wait_for_input_audio(2) == b"\x7f\x7f"
             assert session.append_count == 1
-            assert [ev.get("event_id") for ev, _ in session.refused] == ["u1", "r1", "t1", "a1"]
+            # A mistyped event_id is refused, and not echoed: error.event_id is a string or null.
+            await c.send("input_audio_buffer.clear", event_id=7)
+            err = await c.recv()
+            assert (err["error"]["param"], err["error"]["event_id"]) == ("event_id", None)
+            assert [ev.get("event_id") for ev, _ in session.refused] == ["u1", "r1", "t1", "a1", 7]
 
     run(scenario)
 

@@ -206,6 +206,13 @@ def _error(
     }
 
 
+def _client_event_id(ev: Event) -> str | None:
+    """The client's ``event_id`` to echo in an error; one that is not a string (itself the
+    error) is not echoed, as ``error.event_id`` is a string or null in the SDK's RealtimeError."""
+    event_id = ev.get("event_id")
+    return event_id if isinstance(event_id, str) else None
+
+
 def _check_format(fmt: Any, path: str) -> tuple[str, str, str] | None:
     if not isinstance(fmt, dict) or fmt.get("type") not in mulaw.BYTES_PER_MS:
         return "invalid_value", f"Invalid value for '{path}.type'.", f"{path}.type"
@@ -434,7 +441,7 @@ class FakeSession:
                 await self.ws.send(text)
 
     async def _fail(self, code: str | None, message: str, param: str | None, ev: Event) -> None:
-        await self._send(_error(code, message, param, ev.get("event_id")))
+        await self._send(_error(code, message, param, _client_event_id(ev)))
 
     async def _close(self, code: int, reason: str = "") -> None:
         self.close_code = code
@@ -555,7 +562,7 @@ class FakeSession:
                 "message": "",
                 "param": None,
                 **self.script.reject_session_update,
-                "event_id": ev.get("event_id"),
+                "event_id": _client_event_id(ev),
             }
             await self._send({"type": "error", "error": err})
         elif problem := check_session_update(ev.get("session"), self.config, self._audio_sent):
