@@ -4,6 +4,8 @@ Why: end-to-end tests and offline development need a server that behaves like
 ``wss://api.openai.com/v1/realtime`` -- including the awkward parts a bridge must survive (late input
 transcriptions, cancellation "done" events, truncate errors, mid-call drops) -- without network or
 cost.  Behaviour follows /work/shared/protocols/openai-realtime.md; UNCONFIRMED details are marked.
+Event shapes are not taken on trust from those notes: when the ``openai`` SDK is installed (always
+in tests) every event in and out is checked against its GA types (``calls.fakes.realtime_schema``).
 Every connection is an independent session; nothing here imports Django.
 """
 
