@@ -163,6 +163,9 @@ def _check(model: type[BaseModel], raw: str | bytes, allowed: frozenset[str] = f
     return None
 
 
+# Cost (timeit, 2 shared cores, openai 3.60.0 / pydantic 2.14): 5-13 us per 20 ms
+# input_audio_buffer.append (json.loads of the same frame: 2-7 us), so under 0.1 % of a core
+# per call at 50 appends a second: no separate fast path. session.update: 70-140 us.
 def client_event_problem(kind: object, raw: str | bytes) -> Problem | None:
     """What the service would refuse in a client event (``raw`` is its JSON text, ``kind`` its
     ``type``); None when the SDK's GA types accept it, or when the SDK is not installed."""
