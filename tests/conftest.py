@@ -112,6 +112,27 @@ def fake_openai(loop):
     loop.run(server.stop())
 
 
+@pytest.fixture(autouse=True)
+def openai_events_match_sdk(request):
+    """Fail a test that used the shared fake OpenAI server if, during it, our bridge sent an
+    event the SDK's GA types reject (the fake refused it) or the fake sent one (a fake bug)."""
+    if "fake_openai" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("fake_openai")
+    sessions_before = len(server.sessions)
+    refused_before = [len(session.refused) for session in server.sessions]
+    invalid_before = len(server.invalid_sent)
+    yield
+    refused = [
+        f"{ev.get('type')}: {problem.code}: {problem.message}"
+        for i, session in enumerate(server.sessions)
+        for ev, problem in session.refused[(refused_before[i] if i < sessions_before else 0) :]
+    ]
+    assert not refused, f"the fake OpenAI server refused client events: {refused}"
+    assert len(server.invalid_sent) == invalid_before, server.invalid_sent[invalid_before:]
+
+
 ACCOUNT_SID = "AC" + "0" * 32
 
 

@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from calls.fakes import mulaw
-from calls.fakes.openai_realtime import FakeRealtimeServer, Reply, Script
+from calls.fakes.openai_realtime import FakeProtocolError, FakeRealtimeServer, Reply, Script
 
 KEY = "sk-test-fake"
 MODEL = "gpt-realtime"
@@ -196,8 +196,10 @@ def test_session_update_is_merged_and_echoed_in_full() -> None:
             assert s["audio"]["input"]["transcription"]["model"] == "gpt-4o-transcribe"
             assert s["audio"]["output"]["speed"] == 1.0  # untouched field kept
             assert s["tool_choice"] == "auto" and s["tools"][0]["name"] == "end_call"
-            # A partial update changes only what it names.
-            again = await c.update(audio={"input": {"turn_detection": {"silence_duration_ms": 700}}})
+            # A partial update changes only what it names. The SDK requires turn_detection.type.
+            again = await c.update(
+                audio={"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 700}}}
+            )
             td = again["session"]["audio"]["input"]["turn_detection"]
             assert td["silence_duration_ms"] == 700 and td["idle_timeout_ms"] == 8000
             assert again["session"]["instructions"] == "You are a phone agent."
@@ -220,6 +222,119 @@ def test_update_without_session_type_is_refused_whole() -> None:
             assert err["error"]["event_id"] == "evt_1"
             assert srv.sessions[0].config == created["session"]  # nothing applied
             assert (await c.update(instructions="ok"))["type"] == "session.updated"
+
+    run(scenario)
+
+
+def test_events_the_sdk_types_reject_get_the_service_error_and_change_nothing() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            created = await c.recv()
+            session = srv.sessions[0]
+            # A beta-era field hidden in an otherwise good update: refused whole.
+            await c.send(
+                "session.update",
+                event_id="u1",
+                session={"type": "realtime", "instructions": "nope", "audio": pcmu(), "voice": "alloy"},
+            )
+            err = await c.recv()
+            assert err["type"] == "error" and err["event_id"] != "u1"
+            assert err["error"] == {
+                "type": "invalid_request_error",
+                "code": "unknown_parameter",
+                "message": "Unknown parameter: 'session.voice'.",
+                "param": "session.voice",
+                "event_id": "u1",
+            }
+            assert session.config == created["session"]
+            # A beta field name in response.create: no response starts.
+            await c.send("response.create", event_id="r1", response={"modalities": ["audio"]})
+            err = await c.recv()
+            assert (err["error"]["code"], err["error"]["param"]) == (
+                "unknown_parameter",
+                "response.modalities",
+            )
+            await c.send("response.cancel", event_id="c1")
+            assert (await c.recv())["error"]["code"] == "response_cancel_not_active"
+            # A mistyped truncate is not looked at, however plausible.
+            await c.send(
+                "conversation.item.truncate", event_id="t1", item_id="x", content_index=0, audio_end_ms="5"
+            )
+            err = await c.recv()
+            assert (err["error"]["code"], err["error"]["param"]) == ("invalid_type", "audio_end_ms")
+            assert session.truncates == []
+            # An append with an extra key adds no audio; the next good one does.
+            await c.send("input_audio_buffer.append", event_id="a1", audio="AAAA", format="pcmu")
+            err = await c.recv()
+            assert (err["error"]["code"], err["error"]["event_id"]) == ("unknown_parameter", "a1")
+            await c.send("input_audio_buffer.append", audio=base64.b64encode(b"\x7f\x7f").decode())
+            assert await session.wait_for_input_audio(2) == b"\x7f\x7f"
+            assert session.append_count == 1
+            # A mistyped event_id is refused, and not echoed: error.event_id is a string or null.
+            await c.send("input_audio_buffer.clear", event_id=7)
+            err = await c.recv()
+            assert (err["error"]["param"], err["error"]["event_id"]) == ("event_id", None)
+            assert [ev.get("event_id") for ev, _ in session.refused] == ["u1", "r1", "t1", "a1", 7]
+
+    run(scenario)
+
+
+def test_a_function_call_item_can_be_created_as_history_and_answered() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            await c.recv()
+            call = {"type": "function_call", "call_id": "call_old", "name": "lookup", "arguments": "{}"}
+            await c.send("conversation.item.create", item=call)
+            done = await c.until("conversation.item.done")
+            assert done["item"]["type"] == "function_call" and done["item"]["status"] == "completed"
+            await c.send(
+                "conversation.item.create",
+                item={"type": "function_call_output", "call_id": "call_old", "output": "{}"},
+            )
+            out = await c.until(lambda ev: ev["type"] in ("conversation.item.done", "error"))
+            assert out["type"] == "conversation.item.done"
+            assert out["previous_item_id"] == done["item"]["id"]
+            assert [it["type"] for it in srv.sessions[0].items] == ["function_call", "function_call_output"]
+
+    run(scenario)
+
+
+def test_items_are_retrieved_and_deleted_and_semantic_vad_is_echoed() -> None:
+    # Each reply below passed the fake's own check against the SDK's server-event types.
+    async def scenario() -> None:
+        async with FakeRealtimeServer() as srv, client(srv) as c:
+            await c.recv()
+            updated = await c.update(audio=pcmu({"type": "semantic_vad", "eagerness": "low"}))
+            assert updated["session"]["audio"]["input"]["turn_detection"]["eagerness"] == "low"
+            text = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+            await c.send("conversation.item.create", item={**text, "id": "item_mine"})
+            await c.until("conversation.item.done")
+            await c.send("conversation.item.retrieve", item_id="item_mine")
+            retrieved = await c.until("conversation.item.retrieved")
+            assert retrieved["item"]["content"] == text["content"]
+            await c.send("conversation.item.delete", item_id="item_mine")
+            assert (await c.until("conversation.item.deleted"))["item_id"] == "item_mine"
+            assert srv.sessions[0].items == []
+            assert srv.invalid_sent == []
+
+    run(scenario)
+
+
+def test_a_server_event_the_sdk_types_reject_is_a_loud_bug_in_the_fake() -> None:
+    async def scenario() -> None:
+        # The script's error has an integer code; the SDK's RealtimeError says str | None.
+        srv = FakeRealtimeServer(Script(reject_session_update={"code": 400}))
+        await srv.start()
+        try:
+            async with client(srv) as c:
+                await c.recv()
+                await c.send("session.update", session={"type": "realtime"})
+                assert await c.close_code() == 1011  # the handler died: nothing invalid went out
+            await srv.sessions[0].wait_closed()
+            assert [ev["type"] for ev in srv.sessions[0].sent] == ["session.created"]
+        finally:
+            with pytest.raises(FakeProtocolError, match=r"invalid error: invalid_type.*error\.code"):
+                await srv.stop()
 
     run(scenario)
 
@@ -401,6 +516,40 @@ def test_module_does_not_import_django() -> None:
     code = "import sys, calls.fakes.openai_realtime; sys.exit('django' in sys.modules)"
     root = Path(__file__).resolve().parent.parent
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+_WITHOUT_SDK = """
+import asyncio, json, logging, sys
+sys.modules["openai"] = None  # installed from requirements.txt only, as for make demo
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+from websockets.asyncio.client import connect
+from calls.fakes.openai_realtime import FakeRealtimeServer
+
+async def main():
+    async with FakeRealtimeServer(api_key="k") as srv:
+        headers = {"Authorization": "Bearer k"}
+        async with connect(srv.url + "?model=m", additional_headers=headers, proxy=None) as ws:
+            await ws.recv()
+            await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            print(json.loads(await ws.recv())["type"])
+
+asyncio.run(main())
+"""
+
+
+def test_without_the_sdk_the_fake_runs_unchecked_and_says_so() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_SDK],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "session.updated"
+    assert "openai SDK not installed: events are not checked" in done.stderr
 
 
 def test_buffer_errors_and_bad_events_keep_the_session_open() -> None:

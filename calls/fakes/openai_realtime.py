@@ -4,6 +4,8 @@ Why: end-to-end tests and offline development need a server that behaves like
 ``wss://api.openai.com/v1/realtime`` -- including the awkward parts a bridge must survive (late input
 transcriptions, cancellation "done" events, truncate errors, mid-call drops) -- without network or
 cost.  Behaviour follows /work/shared/protocols/openai-realtime.md; UNCONFIRMED details are marked.
+Event shapes are not taken on trust from those notes: when the ``openai`` SDK is installed (always
+in tests) every event in and out is checked against its GA types (``calls.fakes.realtime_schema``).
 Every connection is an independent session; nothing here imports Django.
 """
 
@@ -29,7 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from calls.fakes import mulaw
+from calls.fakes import mulaw, realtime_schema
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,10 @@ class Script:
             reply.render_audio()
 
 
+class FakeProtocolError(AssertionError):
+    """The fake sent a server event the SDK's GA types reject: a bug in the fake, not the client."""
+
+
 class _Dropped(Exception):
     """Raised inside a response stream after a scripted mid-call close."""
 
@@ -203,6 +209,13 @@ def _error(
     }
 
 
+def _client_event_id(ev: Event) -> str | None:
+    """The client's ``event_id`` to echo in an error; one that is not a string (itself the
+    error) is not echoed, as ``error.event_id`` is a string or null in the SDK's RealtimeError."""
+    event_id = ev.get("event_id")
+    return event_id if isinstance(event_id, str) else None
+
+
 def _check_format(fmt: Any, path: str) -> tuple[str, str, str] | None:
     if not isinstance(fmt, dict) or fmt.get("type") not in mulaw.BYTES_PER_MS:
         return "invalid_value", f"Invalid value for '{path}.type'.", f"{path}.type"
@@ -249,7 +262,9 @@ def check_session_update(patch: Any, current: Event, audio_sent: bool) -> tuple[
     td = (audio.get("input") or {}).get("turn_detection")
     if isinstance(td, dict):
         path = "session.audio.input.turn_detection"
-        kind = td.get("type") or (current["audio"]["input"]["turn_detection"] or {}).get("type")
+        kind = td.get("type")
+        if kind is None:  # required in each member of the SDK's turn-detection union
+            return "missing_required_parameter", f"Missing required parameter: '{path}.type'.", f"{path}.type"
         if kind not in _TD_DEFAULTS:
             return "invalid_value", f"Invalid value for '{path}.type'.", f"{path}.type"
         for key in td:
@@ -279,9 +294,9 @@ def apply_session_update(config: Event, patch: Event) -> Event:
             for sub, val in (part or {}).items():
                 current = new["audio"][side].get(sub)
                 if sub == "turn_detection" and isinstance(val, dict):
-                    kind = val.get("type") or (current or {}).get("type")
-                    base = current if current and current.get("type") == kind else _TD_DEFAULTS[str(kind)]
-                    val = {**base, **val, "type": kind}
+                    kind = val["type"]
+                    base = current if current and current.get("type") == kind else _TD_DEFAULTS[kind]
+                    val = {**base, **val}
                 new["audio"][side][sub] = copy.deepcopy(val)
     return new
 
@@ -333,6 +348,10 @@ class FakeSession:
         self.input_audio = bytearray()
         self.append_count = 0
         self.sent: list[Event] = []
+        # Client events refused because the SDK's GA types reject them (also in ``received``
+        # unless they are appends), and server events of ours that they reject (bugs).
+        self.refused: list[tuple[Event, realtime_schema.Problem]] = []
+        self.invalid_sent: list[str] = []
         self.output_audio: dict[str, bytearray] = {}
         self.truncates: list[Event] = []
         self.config: Event = default_session(self.model)
@@ -418,12 +437,18 @@ class FakeSession:
         async with self._send_lock:
             for ev in events:
                 ev.setdefault("event_id", new_id("event"))
+                text = json.dumps(ev)
+                if problem := realtime_schema.server_event_problem(ev.get("type"), text):
+                    bug = f"fake sent an invalid {ev.get('type')}: {problem}"
+                    self.invalid_sent.append(bug)
+                    log.error("fake realtime session %d: %s", self.index, bug)
+                    raise FakeProtocolError(bug)
                 self.sent.append(ev)
                 self._watch.notify()
-                await self.ws.send(json.dumps(ev))
+                await self.ws.send(text)
 
     async def _fail(self, code: str | None, message: str, param: str | None, ev: Event) -> None:
-        await self._send(_error(code, message, param, ev.get("event_id")))
+        await self._send(_error(code, message, param, _client_event_id(ev)))
 
     async def _close(self, code: int, reason: str = "") -> None:
         self.close_code = code
@@ -523,11 +548,24 @@ class FakeSession:
             await self._send(_error("invalid_json", "Invalid JSON: expected an event object."))
             return
         kind = ev.get("type")
+        if kind != "input_audio_buffer.append":
+            self.received.append(ev)
+            self._watch.notify()
+        if problem := realtime_schema.client_event_problem(kind, raw):
+            # The service refuses the whole event and acts on none of it.
+            self.refused.append((ev, problem))
+            log.warning(
+                "fake realtime session %d refused %s: %s (%s)",
+                self.index,
+                kind,
+                problem.code,
+                problem.message,
+            )
+            await self._fail(problem.code, problem.message, problem.param, ev)
+            return
         if kind == "input_audio_buffer.append":
             await self._on_append(ev)
             return
-        self.received.append(ev)
-        self._watch.notify()
         handler = self._handlers.get(str(kind))
         if handler is None:
             supported = ", ".join(f"'{name}'" for name in sorted(self._handlers))
@@ -551,7 +589,7 @@ class FakeSession:
                 "message": "",
                 "param": None,
                 **self.script.reject_session_update,
-                "event_id": ev.get("event_id"),
+                "event_id": _client_event_id(ev),
             }
             await self._send({"type": "error", "error": err})
         elif problem := check_session_update(ev.get("session"), self.config, self._audio_sent):
@@ -1014,11 +1052,11 @@ class FakeSession:
                 )
                 return
         elif kind == "function_call":
-            # A client may re-create a call (a replayed conversation); its output may follow.
-            if not isinstance(item.get("name"), str) or not isinstance(item.get("arguments"), str):
-                await self._fail("missing_required_parameter", "Missing 'name' or 'arguments'.", "item", ev)
-                return
-            self._calls[str(item.get("call_id") or new_id("call"))] = item
+            # History of a call made elsewhere (the SDK's RealtimeConversationItemFunctionCall;
+            # "messages, function calls, and function call responses" in its docstring): its
+            # call_id may then be answered with a function_call_output.
+            if item.get("call_id"):
+                self._calls[str(item["call_id"])] = item
         elif kind == "function_call_output":
             if item.get("call_id") not in self._calls:  # message UNCONFIRMED
                 await self._fail(
@@ -1158,13 +1196,28 @@ class FakeRealtimeServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("fake OpenAI Realtime server listening on %s", self.url)
+        if not realtime_schema.ENABLED:
+            log.warning(
+                "openai SDK not installed: events are not checked against its Realtime types "
+                "(pip install -r requirements-dev.txt to check them)"
+            )
+
+    @property
+    def invalid_sent(self) -> list[str]:
+        """Server events the SDK's GA types rejected, over all sessions: bugs in the fake."""
+        return [bug for session in self.sessions for bug in session.invalid_sent]
 
     async def stop(self) -> None:
-        """Close every session (1001) and wait for all handlers and their tasks to finish."""
+        """Close every session (1001) and wait for all handlers and their tasks to finish.
+
+        Raises FakeProtocolError if the fake sent any event the SDK rejects, so the test that
+        used it fails even when the bad event only made a client give up quietly."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self.invalid_sent:
+            raise FakeProtocolError("; ".join(self.invalid_sent))
 
     async def __aenter__(self) -> FakeRealtimeServer:
         await self.start()
