@@ -291,7 +291,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             except (IntegrityError, DataError):
                 raise
             except DatabaseError as exc:
-                if time.monotonic() + delay > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     raise
                 if attempt == 0:
                     logger.warning(
@@ -300,7 +301,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                         type(exc).__name__,
                         AUTH_DATABASE_WAIT_SECONDS,
                     )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(min(delay, remaining))
         raise AssertionError("unreachable")
 
     async def _authenticate(self, start: twilio_media.Start) -> Any:
