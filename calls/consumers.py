@@ -14,20 +14,21 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError, IntegrityError
 
 from calls import live, preconnect, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
 from calls.bridge_actions import (
     AgentAudio,
     AgentCut,
-    CallSummary,
     EndCall,
     RecordError,
     RecycleSession,
@@ -39,7 +40,7 @@ from calls.bridge_actions import (
     ToolCallRecord,
     Transfer,
 )
-from calls.call_store import CallStore, in_thread
+from calls.call_store import CallStore, StoreOutage, in_db_thread, in_thread, retry_delays
 from calls.models import EndedReason
 from calls.openai_link import OpenAILink
 from calls.recording import Recorder, WavFile
@@ -63,6 +64,13 @@ TRANSCRIPT_GRACE_SECONDS = 2.0
 LOGGED_BAD_FRAMES = 5
 # When the server stops, each call gets this long to store what is left and close cleanly.
 SHUTDOWN_GRACE_SECONDS = 5.0
+# A call cannot start without the database (its token, its agent): while the database is away
+# (a restart, a failover) the stream waits this long for it, then is closed with 4500.
+AUTH_DATABASE_WAIT_SECONDS = 5.0
+# At the end of a call the caller may still be on the line: Twilio's <Connect action> reads the
+# call's ended reason, so it is stored first, but a database that is away must not keep the
+# caller in silence. After this long the call is closed; storing goes on until it answers.
+END_STORED_WAIT_SECONDS = 3.0
 TICK_SECONDS = 0.25
 # The recording is written once a second: each write is a hop to a worker thread.
 RECORD_EVERY_TICKS = 4
@@ -108,21 +116,30 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         retrying, a slow recording upload). That goes on in its own, shielded task."""
         if getattr(self, "bridge", None) is None:
             return
-        if self.twilio_closed and self.finishing is not None:
+        stopping = not (self.twilio_closed and self.finishing is not None)
+        if stopping:
+            logger.warning("call %s: server stopping; ending the call", self.call_sid)
+            self._request_end(EndCall(EndedReason.SERVER_RESTART, "the server stopped during the call"))
+        else:
             logger.info(
                 "call %s: cancelled by daphne while the call's end was being stored; storing goes on",
                 self.call_sid,
             )
-        else:
-            logger.warning("call %s: server stopping; ending the call", self.call_sid)
-            self._request_end(EndCall(EndedReason.SERVER_RESTART, "the server stopped during the call"))
         assert self.finishing is not None
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
                 await asyncio.shield(self.finishing)
         except TimeoutError:
+            # Said plainly: what exiting now loses. The next start's close_stale_calls closes
+            # the call, but turns still in memory are gone.
             logger.error(
-                "call %s: could not finish within %.0f s of the stop", self.call_sid, SHUTDOWN_GRACE_SECONDS
+                "call %s: not finished %.0f s after %s (database %s); not stored yet: %s;"
+                " kept until the database answers, lost if the process exits first",
+                self.call_sid,
+                SHUTDOWN_GRACE_SECONDS,
+                "the server began stopping" if stopping else "daphne cancelled it",
+                "unavailable" if self.outage.paused else "slow",
+                self._unstored_description(),
             )
 
     async def _receive_from_layer(self) -> None:
@@ -156,6 +173,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         self.writer: asyncio.Task[None] | None = None
         self.twilio_closed = False
         self.to_database: asyncio.Queue[SaveTurn | SaveToolCall | RecordError | None] = asyncio.Queue()
+        self.outage = StoreOutage(self.call_sid)
+        self.unstored: Counter[str] = Counter()
         self.ticker: asyncio.Task[None] | None = None
         self.openai_ws: Any = None
         self.recycling = False
@@ -258,15 +277,54 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
 
     async def _start(self, start: twilio_media.Start) -> None:
         self.call_sid = start.call_sid[:64]
+        self.outage = StoreOutage(self.call_sid)
         if not twilio_media.valid_sid(start.stream_sid) or start.encoding != "audio/x-mulaw":
             self._release_preconnected(start, "unexpected stream")
             await self._reject(f"unexpected stream ({start.encoding})", CLOSE_BAD_STREAM)
             return
-        call = await self._authenticate(start)
-        if call is None:
-            return
+        # From here the stream is answered by what follows, not by the start timeout: waiting
+        # for a database that is away can take longer.
         self.start_timer.cancel()
-        await self._begin(call, start)
+        try:
+            call = await self._authenticate(start)
+            if call is None:
+                return
+            await self._begin(call, start)
+        except DatabaseError as exc:
+            if self.bridge is not None:
+                raise
+            logger.error(
+                "call %s: database unavailable during authentication for %.0f s (%s); closing the stream",
+                self.call_sid,
+                AUTH_DATABASE_WAIT_SECONDS,
+                type(exc).__name__,
+            )
+            await self._close(CLOSE_CALL_FAILED)
+
+    async def _before_the_call(self, service: Callable[..., Any], **kwargs: Any) -> Any:
+        """A database service the call cannot start without, retried for a moment while the
+        database is away; DatabaseError if it stays away. (A retried token redeem whose first
+        attempt was lost with the connection after committing reads as already used: a
+        window of microseconds, and the call is refused, never answered twice.)"""
+        deadline = time.monotonic() + AUTH_DATABASE_WAIT_SECONDS
+        for attempt, delay in enumerate(retry_delays()):
+            try:
+                return await in_db_thread(service)(**kwargs)
+            except (IntegrityError, DataError):
+                raise
+            except DatabaseError as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                if attempt == 0:
+                    logger.warning(
+                        "call %s: database unavailable during authentication (%s); retrying for up to %.0f s",
+                        self.call_sid,
+                        type(exc).__name__,
+                        AUTH_DATABASE_WAIT_SECONDS,
+                    )
+                await asyncio.sleep(min(delay, remaining))
+        raise AssertionError("unreachable")
 
     async def _authenticate(self, start: twilio_media.Start) -> Any:
         """The call this stream belongs to, proven by the webhook's single-use token; None
@@ -275,7 +333,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             await self._reject("start parameters are not for this call")
             return None
         token = start.custom_parameters.get(twiml.PARAM_TOKEN, "")
-        call = await in_thread(services.stream_token_redeem)(call_sid=start.call_sid, token=token)
+        call = await self._before_the_call(services.stream_token_redeem, call_sid=start.call_sid, token=token)
         if call is None:
             self._release_preconnected(start, "bad or already used stream token")
             await self._reject("missing, expired or already used stream token")
@@ -284,7 +342,9 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
     async def _begin(self, call: Any, start: twilio_media.Start) -> None:
         """An authenticated stream: set up the bridge and the relay tasks."""
         try:
-            agent = await in_thread(services.call_stream_started)(call=call, stream_sid=start.stream_sid)
+            agent = await self._before_the_call(
+                services.call_stream_started, call=call, stream_sid=start.stream_sid
+            )
         except services.WebhookError as exc:
             self._release_preconnected(start, str(exc))  # authenticated: its claim is proven
             await self._reject(str(exc), CLOSE_BAD_STREAM)
@@ -362,11 +422,11 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                 if self.recorder is not None:
                     self.recorder.cut_agent(action.at)
             elif isinstance(action, SaveTurn):
-                self.to_database.put_nowait(action)
+                self._store_later(action)
                 if self.in_call_group:
                     self._side_task(live.publish(live.turn_event(action.turn, self.call_sid)))
             elif isinstance(action, SaveToolCall | RecordError):
-                self.to_database.put_nowait(action)
+                self._store_later(action)
             elif isinstance(action, RunTool):
                 self._side_task(self._run_tool(action))
             elif isinstance(action, Transfer):
@@ -468,27 +528,30 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             self.reader.cancel()
             await asyncio.gather(self.reader, return_exceptions=True)
         # Everything queued so far is written before the call is finalised.
-        self.to_database.put_nowait(None)
-        if self.writer is not None:
-            await asyncio.gather(self.writer, return_exceptions=True)
-        await self._finish_recording()
-        summary = bridge.summary(end) if bridge else CallSummary(end.reason, end.error)
-        try:
-            await in_thread(services.call_finalize)(call_sid=self.call_sid, summary=summary)
-        except DatabaseError as exc:
-            logger.error("call %s: could not finalise the call: %s", self.call_sid, exc)
-        if self.in_call_group:
-            await live.publish(
-                {"kind": "call_ended", "call_sid": self.call_sid, "reason": end.reason, "error": end.error}
-            )
-            with contextlib.suppress(Exception):
-                await self.channel_layer.group_discard(live.call_group(self.call_sid), self.channel_name)
+        storing = asyncio.ensure_future(self._store_the_end(end))
+        if not self.twilio_closed or end.hang_up:
+            try:
+                async with asyncio.timeout(END_STORED_WAIT_SECONDS):
+                    await asyncio.shield(storing)
+            except TimeoutError:
+                logger.warning(
+                    "call %s: ending the call before it is stored (not yet stored: %s); storing goes on",
+                    self.call_sid,
+                    self._unstored_description(),
+                )
         if end.hang_up:
             await self._hang_up()
         if not self.twilio_closed:
             # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
             failed = end.reason in (EndedReason.ERROR, EndedReason.SERVER_RESTART)
             await self._close(CLOSE_CALL_FAILED if failed else 1000)
+        await storing
+        if self.in_call_group:
+            await live.publish(
+                {"kind": "call_ended", "call_sid": self.call_sid, "reason": end.reason, "error": end.error}
+            )
+            with contextlib.suppress(Exception):
+                await self.channel_layer.group_discard(live.call_group(self.call_sid), self.channel_name)
 
     async def _hang_up(self) -> None:
         """Complete the call through Twilio's REST API: authoritative, unlike a socket close."""

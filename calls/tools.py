@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
+
+from calls.threads import in_db_thread
 
 logger = logging.getLogger(__name__)
 
@@ -383,9 +384,8 @@ async def run_tool(name: str, arguments: str, context: ToolContext) -> ToolOutco
         if inspect.iscoroutinefunction(function):
             result = await asyncio.wait_for(function(**kwargs), found.timeout)
         else:
-            result = await asyncio.wait_for(
-                sync_to_async(function, thread_sensitive=False)(**kwargs), found.timeout
-            )
+            # A tool may use the database: the same connection care as our own services.
+            result = await asyncio.wait_for(in_db_thread(function)(**kwargs), found.timeout)
     except TimeoutError:
         logger.warning("call %s: tool %s timed out after %.1f s", context.call_sid, name, found.timeout)
         return outcome(error=f"the tool did not answer within {found.timeout:g} seconds")
