@@ -53,19 +53,7 @@ def reconnect(bridge: CallBridge, now: float) -> list[dict]:
     bridge.on_openai_lost(now, "OpenAI closed the session (1011)")
     bridge.drain()
     bridge.on_openai_connected()
-    bridge.on_openai(
-        {
-            "type": "session.updated",
-            "session": {
-                "type": "realtime",
-                "audio": {
-                    "input": {"format": {"type": "audio/pcmu"}},
-                    "output": {"format": {"type": "audio/pcmu"}},
-                },
-            },
-        },
-        now,
-    )
+    bridge.on_openai(session_updated(), now)
     return [e["item"] for e in openai_sent(bridge.drain()) if e["type"] == "conversation.item.create"]
 
 
