@@ -3,13 +3,15 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
-from calls import live_page, views, web_phone
+from calls import live_page, setup_page, views, web_phone
 
 admin.site.site_header = "Voice agent"
 admin.site.site_title = "Voice agent"
 admin.site.index_title = "Calls and agents"
 
 urlpatterns = [
+    # Staff only (admin_view: anyone else goes to the admin login, next=/).
+    path("", admin.site.admin_view(setup_page.setup_page), name="setup"),
     path("incoming-call", views.incoming_call, name="incoming-call"),
     path("call-status", views.call_status, name="call-status"),
     path("stream-status", views.stream_status, name="stream-status"),
