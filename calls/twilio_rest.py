@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
@@ -26,13 +27,17 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 __all__ = [
+    "NUMBER_FIELDS",
     "TWILIO_API_ORIGIN",
+    "IncomingNumber",
     "TwilioApiHttpClient",
     "TwilioNotConfigured",
     "TwilioRestError",
     "call_complete",
     "call_create",
     "call_update_twiml",
+    "incoming_number_find",
+    "incoming_number_update",
     "rest_client",
 ]
 
@@ -309,3 +314,56 @@ def call_create(
     call_sid = str(call.sid)
     logger.info("Twilio create call %s: %s%s", call_sid, call.status, " (async AMD)" if amd else "")
     return call_sid
+
+
+# --- phone numbers (manage.py connect_number) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncomingNumber:
+    """The routing part of an IncomingPhoneNumber, keyed by the API's form field names."""
+
+    sid: str
+    phone_number: str
+    voice: dict[str, str]
+
+
+# The fields of an IncomingPhoneNumber that decide where its calls go: form field name -> the
+# library's keyword and attribute. There is no StatusCallbackEvent: for calls *to* a number,
+# Twilio posts only the final status to its StatusCallback; choosing events (initiated,
+# ringing, answered) exists only on calls we create (call_create) and on <Dial> nouns.
+NUMBER_FIELDS = {
+    "VoiceUrl": "voice_url",
+    "VoiceMethod": "voice_method",
+    "StatusCallback": "status_callback",
+    "StatusCallbackMethod": "status_callback_method",
+    "VoiceApplicationSid": "voice_application_sid",
+    "TrunkSid": "trunk_sid",
+}
+
+
+def _incoming_number(instance: Any) -> IncomingNumber:
+    voice = {field: str(getattr(instance, name, None) or "") for field, name in NUMBER_FIELDS.items()}
+    return IncomingNumber(sid=str(instance.sid), phone_number=str(instance.phone_number), voice=voice)
+
+
+def incoming_number_find(phone_number: str) -> IncomingNumber | None:
+    """The account's number ``phone_number`` (E.164), or None if the account has no such number."""
+    found = _run(
+        "find number", None, lambda c: c.incoming_phone_numbers.list(phone_number=phone_number, limit=20)
+    )
+    # PhoneNumber is a filter on "numbers containing this", so match exactly.
+    exact = [number for number in found if number.phone_number == phone_number]
+    return _incoming_number(exact[0]) if exact else None
+
+
+def incoming_number_update(sid: str, fields: dict[str, str]) -> IncomingNumber:
+    """Set ``fields`` (form names, keys of NUMBER_FIELDS) on the number; returns it as updated."""
+    arguments = {NUMBER_FIELDS[field]: value for field, value in fields.items()}
+    try:
+        updated = _run("update number", None, lambda c: c.incoming_phone_numbers(sid).update(**arguments))
+    except TwilioRestError as exc:
+        logger.warning("%s", exc)
+        raise
+    logger.info("Twilio update number %s: %s", sid, ", ".join(sorted(fields)))
+    return _incoming_number(updated)

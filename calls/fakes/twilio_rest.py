@@ -1,4 +1,4 @@
-"""A fake Twilio REST API (2010-04-01 Calls resource) on a real loopback HTTP server.
+"""A fake Twilio REST API (2010-04-01 Calls and IncomingPhoneNumbers) on a loopback HTTP server.
 
 End-to-end tests run our server in a subprocess that reaches Twilio over HTTP, so the fake
 has to be a real server rather than a mock. It answers like Twilio: Basic auth, form-encoded
@@ -40,6 +40,7 @@ __all__ = [
     "API_VERSION",
     "ENDED_STATUSES",
     "FakeCall",
+    "FakeNumber",
     "FakeTwilioRest",
     "RecordedRequest",
     "new_call_sid",
@@ -50,6 +51,9 @@ ENDED_STATUSES = frozenset({"completed", "canceled", "busy", "failed", "no-answe
 CALL_STATUSES = frozenset({"queued", "ringing", "in-progress"}) | ENDED_STATUSES
 
 _CALLS_PATH = re.compile(rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Calls(?:/(?P<sid>[^/]+))?\.json$")
+_NUMBERS_PATH = re.compile(
+    rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/IncomingPhoneNumbers(?:/(?P<sid>PN[^/]+))?\.json$"
+)
 _E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 
 
@@ -178,6 +182,79 @@ class FakeCall:
         }
 
 
+# IncomingPhoneNumber fields an update may set (the voice and status ones we use, and the
+# other writable URLs so a request setting them is not refused), form name -> JSON key.
+_NUMBER_WRITABLE = {
+    "FriendlyName": "friendly_name",
+    "VoiceUrl": "voice_url",
+    "VoiceMethod": "voice_method",
+    "VoiceFallbackUrl": "voice_fallback_url",
+    "VoiceFallbackMethod": "voice_fallback_method",
+    "VoiceApplicationSid": "voice_application_sid",
+    "StatusCallback": "status_callback",
+    "StatusCallbackMethod": "status_callback_method",
+    "SmsUrl": "sms_url",
+    "SmsMethod": "sms_method",
+}
+_URL_FIELDS = frozenset({"VoiceUrl", "VoiceFallbackUrl", "StatusCallback", "SmsUrl"})
+_METHOD_FIELDS = frozenset({"VoiceMethod", "VoiceFallbackMethod", "StatusCallbackMethod", "SmsMethod"})
+
+
+@dataclass
+class FakeNumber:
+    """An IncomingPhoneNumber as the fake holds it: Twilio's JSON fields, by their JSON keys."""
+
+    sid: str
+    account_sid: str
+    phone_number: str
+    fields: dict[str, Any]
+    updates: list[dict[str, list[str]]] = field(default_factory=list)
+
+    def resource(self) -> dict[str, Any]:
+        """The JSON body Twilio returns for this number."""
+        uri = f"/{API_VERSION}/Accounts/{self.account_sid}/IncomingPhoneNumbers/{self.sid}"
+        return {
+            "account_sid": self.account_sid,
+            "address_requirements": "none",
+            "address_sid": None,
+            "api_version": API_VERSION,
+            "beta": False,
+            "capabilities": {"fax": False, "mms": True, "sms": True, "voice": True},
+            "date_created": _rfc2822(self.fields["_created"]),
+            "date_updated": _rfc2822(self.fields["_updated"]),
+            "emergency_status": "Inactive",
+            "emergency_address_sid": None,
+            "emergency_address_status": "unregistered",
+            "friendly_name": self.fields["friendly_name"],
+            "identity_sid": None,
+            "origin": "twilio",
+            "phone_number": self.phone_number,
+            "sid": self.sid,
+            "sms_application_sid": "",
+            "sms_fallback_method": "POST",
+            "sms_fallback_url": "",
+            "sms_method": self.fields["sms_method"],
+            "sms_url": self.fields["sms_url"],
+            "status_callback": self.fields["status_callback"],
+            "status_callback_method": self.fields["status_callback_method"],
+            "trunk_sid": self.fields["trunk_sid"],
+            "uri": uri + ".json",
+            "voice_application_sid": self.fields["voice_application_sid"],
+            "voice_caller_id_lookup": False,
+            "voice_fallback_method": self.fields["voice_fallback_method"],
+            "voice_fallback_url": self.fields["voice_fallback_url"],
+            "voice_method": self.fields["voice_method"],
+            "voice_url": self.fields["voice_url"],
+            "bundle_sid": None,
+            "voice_receive_mode": "voice",
+            "status": "in-use",
+            "type": "local",
+            "subresource_uris": {
+                "assigned_add_ons": f"{uri}/AssignedAddOns.json",
+            },
+        }
+
+
 class _ApiError(Exception):
     """Raised inside request handling; becomes a Twilio error response."""
 
@@ -196,7 +273,8 @@ class _AsyncWaiter:
 
 
 class FakeTwilioRest:
-    """Twilio's Calls REST API, for one account, on ``http://host:port``.
+    """Twilio's Calls REST API, for one account, on ``http://host:port``; also its
+    IncomingPhoneNumbers (``add_number``; list filtered by PhoneNumber, fetch, update).
 
     ``add_live_call`` registers calls that started elsewhere (a simulated inbound call) so
     updates on them succeed; ``end_call`` marks a call ended, after which updates get
@@ -210,6 +288,7 @@ class FakeTwilioRest:
         self.port = port
         self.requests: list[RecordedRequest] = []
         self._calls: dict[str, FakeCall] = {}
+        self._numbers: dict[str, FakeNumber] = {}
         self._faults: list[tuple[int, int, str]] = []
         self._cond = threading.Condition()
         self._async_waiters: list[_AsyncWaiter] = []
@@ -321,6 +400,44 @@ class FakeTwilioRest:
         with self._cond:
             return copy.deepcopy(list(self._calls.values()))
 
+    def add_number(
+        self,
+        phone_number: str,
+        *,
+        voice_url: str = "https://demo.twilio.com/welcome/voice/",
+        voice_method: str = "POST",
+        status_callback: str = "",
+        status_callback_method: str = "POST",
+        voice_application_sid: str = "",
+        trunk_sid: str | None = None,
+    ) -> str:
+        """Give the account a phone number (as bought in the console: Twilio's demo VoiceUrl)."""
+        sid = "PN" + secrets.token_hex(16)
+        now = datetime.now(UTC)
+        fields: dict[str, Any] = {
+            "_created": now,
+            "_updated": now,
+            "friendly_name": phone_number,
+            "voice_url": voice_url,
+            "voice_method": voice_method,
+            "voice_fallback_url": "",
+            "voice_fallback_method": "POST",
+            "voice_application_sid": voice_application_sid,
+            "status_callback": status_callback,
+            "status_callback_method": status_callback_method,
+            "sms_url": "https://demo.twilio.com/welcome/sms/reply/",
+            "sms_method": "POST",
+            "trunk_sid": trunk_sid,
+        }
+        with self._cond:
+            self._numbers[sid] = FakeNumber(sid, self.account_sid, phone_number, fields)
+        return sid
+
+    def number(self, sid: str) -> FakeNumber:
+        """A snapshot of a phone number (KeyError if it is not the account's)."""
+        with self._cond:
+            return copy.deepcopy(self._numbers[sid])
+
     def fail_next(self, status: int, code: int, message: str) -> None:
         """Make the next request (whatever it is) fail with this Twilio error. Faults queue up."""
         with self._cond:
@@ -330,6 +447,7 @@ class FakeTwilioRest:
         """Forget calls, recorded requests and pending faults (between tests on a shared fake)."""
         with self._cond:
             self._calls.clear()
+            self._numbers.clear()
             self.requests.clear()
             self._faults.clear()
 
@@ -434,7 +552,12 @@ class FakeTwilioRest:
         )
 
     def _handle(
-        self, method: str, path: str, form: dict[str, list[str]], authorized: bool
+        self,
+        method: str,
+        path: str,
+        form: dict[str, list[str]],
+        authorized: bool,
+        query: dict[str, list[str]] | None = None,
     ) -> tuple[int, dict[str, Any]]:
         with self._cond:
             if self._faults:
@@ -443,6 +566,9 @@ class FakeTwilioRest:
         try:
             if not authorized:
                 raise _ApiError(HTTPStatus.UNAUTHORIZED, 20003, "Authenticate")
+            numbers = _NUMBERS_PATH.match(path)
+            if numbers is not None:
+                return self._handle_numbers(method, path, numbers, form, query)
             match = _CALLS_PATH.match(path)
             if match is None:
                 raise self._not_found(path)
@@ -592,6 +718,79 @@ class FakeTwilioRest:
             "uri": f"{path}?PageSize=50&Page=0",
         }
 
+    # --- IncomingPhoneNumbers ------------------------------------------------------------
+
+    def _handle_numbers(
+        self,
+        method: str,
+        path: str,
+        match: re.Match[str],
+        form: dict[str, list[str]],
+        query: dict[str, list[str]] | None,
+    ) -> tuple[int, dict[str, Any]]:
+        if match.group("account") != self.account_sid:
+            raise _ApiError(HTTPStatus.UNAUTHORIZED, 20003, "Authenticate")
+        sid = match.group("sid")
+        if sid is None and method == "GET":
+            return HTTPStatus.OK, self._list_numbers(path, query or {})
+        if sid is not None and method == "GET":
+            with self._cond:
+                number = self._numbers.get(sid)
+                if number is None:
+                    raise self._not_found(path)
+                return HTTPStatus.OK, number.resource()
+        if sid is not None and method == "POST":
+            return HTTPStatus.OK, self._update_number(sid, path, form)
+        raise _ApiError(HTTPStatus.METHOD_NOT_ALLOWED, 20004, "Method not allowed")
+
+    def _list_numbers(self, path: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        # Twilio's PhoneNumber filter matches numbers containing the given digits.
+        wanted = self._first(query, "PhoneNumber")
+        page_size = int(self._first(query, "PageSize") or 50)
+        with self._cond:
+            numbers = [
+                number.resource()
+                for number in self._numbers.values()
+                if not wanted or wanted in number.phone_number
+            ][:page_size]
+        filters = f"PhoneNumber={urllib.parse.quote(wanted)}&" if wanted else ""
+        uri = f"{path}?{filters}PageSize={page_size}&Page=0"
+        return {
+            "end": max(len(numbers) - 1, 0),
+            "first_page_uri": uri,
+            "incoming_phone_numbers": numbers,
+            "next_page_uri": None,
+            "page": 0,
+            "page_size": page_size,
+            "previous_page_uri": None,
+            "start": 0,
+            "uri": uri,
+        }
+
+    def _update_number(self, sid: str, path: str, form: dict[str, list[str]]) -> dict[str, Any]:
+        # Twilio ignores parameters it does not know; the fake refuses them, so that a
+        # misspelt field name in our requests fails a test instead of silently doing nothing.
+        unknown = sorted(set(form) - set(_NUMBER_WRITABLE))
+        if unknown:
+            raise _ApiError(HTTPStatus.BAD_REQUEST, 20001, f"Unknown parameter: {unknown[0]}")
+        for name in _URL_FIELDS & set(form):
+            value = self._first(form, name)
+            if value:  # an empty value clears the URL
+                self._check_url(value, 21502 if name == "StatusCallback" else 21205, name)
+        for name in _METHOD_FIELDS & set(form):
+            if self._first(form, name).upper() not in ("GET", "POST"):
+                raise _ApiError(HTTPStatus.BAD_REQUEST, 20001, f"{name} must be GET or POST")
+        with self._cond:
+            number = self._numbers.get(sid)
+            if number is None:
+                raise self._not_found(path)
+            for name in form:
+                value = self._first(form, name)
+                number.fields[_NUMBER_WRITABLE[name]] = value.upper() if name in _METHOD_FIELDS else value
+            number.fields["_updated"] = datetime.now(UTC)
+            number.updates.append(form)
+            return number.resource()
+
 
 def _handler_for(fake: FakeTwilioRest) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
@@ -630,7 +829,7 @@ def _handler_for(fake: FakeTwilioRest) -> type[BaseHTTPRequestHandler]:
             form = urllib.parse.parse_qs(body, keep_blank_values=True) if body else {}
             query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
             authorized = fake._authorized(self.headers.get("Authorization"))
-            status, payload = fake._handle(method, parts.path, form, authorized)
+            status, payload = fake._handle(method, parts.path, form, authorized, query)
             fake._record(
                 RecordedRequest(
                     method=method,
