@@ -15,7 +15,7 @@ from tests.conftest import call_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What README's "Production" section documents.
+# What deploy/README.md's "Production settings and operations" section documents.
 PRODUCTION = {
     "DEBUG": "false",
     "SECRET_KEY": "k3L9-q8vXr2Zt7mWp4Yb6Nc1Hd5Fs0Jg-Ua8Ve3Rw9Ti2Oy7Pl4Qk6Mn1Bz5Cx0",
