@@ -7,3 +7,6 @@ class CallsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "calls"
     verbose_name = "Phone calls"
+
+    def ready(self) -> None:
+        from calls import checks  # noqa: F401 - registers the system checks

@@ -26,6 +26,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from calls.redaction import redact
+
 __all__ = [
     "NUMBER_FIELDS",
     "TWILIO_API_ORIGIN",
@@ -203,7 +205,7 @@ def _client() -> Iterator[Client]:
 
 def _scrub(text: str) -> str:
     token = getattr(settings, "TWILIO_AUTH_TOKEN", "") or ""
-    return text.replace(token, "[redacted]") if token else text
+    return redact(text, token)
 
 
 def _run(operation: str, call_sid: str | None, request: Callable[[Client], T]) -> T:

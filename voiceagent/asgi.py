@@ -9,7 +9,13 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from voiceagent.env import exit_on_configuration_error
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceagent.settings")
+
+# Under `daphne voiceagent.asgi:application`, a malformed variable ends the process with one
+# line naming it (status 1) rather than a traceback through daphne's import of this module.
+exit_on_configuration_error()
 
 # Build Django first: the routing below imports models.
 django_asgi_app = get_asgi_application()

@@ -3,15 +3,18 @@
 django-environ parses most values, but some of its casts are lenient (``bool("maybe")``
 is False, a URL without a scheme is accepted). A phone line that silently runs with a
 wrong setting is worse than one that refuses to start, so each reader here validates
-and raises ``ImproperlyConfigured`` with the variable's name and what was expected.
+and raises ``ConfigurationError`` (an ``ImproperlyConfigured``) with the variable's name and
+what was expected.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
@@ -20,16 +23,53 @@ from django.core.exceptions import ImproperlyConfigured
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
+# Names that came from the .env file rather than the real environment, so an error can say
+# which one to fix.
+_from_dot_env: set[str] = set()
+
+
+class ConfigurationError(ImproperlyConfigured):
+    """A setting's variable is missing or malformed; ``manage.py`` and ``asgi.py`` print the
+    message as one line and exit with status 1 (``exit_on_configuration_error``)."""
+
+
+def read_dot_env(path: Path) -> None:
+    """Load ``path`` into the environment without overriding what is already set there."""
+    before = set(os.environ)
+    environ.Env.read_env(path, overwrite=False)
+    _from_dot_env.update(set(os.environ) - before)
+
+
+def where(name: str) -> str:
+    return "set in .env" if name in _from_dot_env else "set in the environment"
+
+
+def exit_on_configuration_error() -> None:
+    """Load the settings now; a ConfigurationError ends the process with its one-line message
+    (status 1) instead of a traceback through Django's start-up."""
+    from django.conf import settings
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 - importing the settings module validates every variable
+    except ConfigurationError as exc:
+        raise SystemExit(f"Configuration error: {exc}") from None
+
 
 def _raw(name: str) -> str | None:
     value = os.environ.get(name)
     return None if value is None else value.strip()
 
 
-def _fail(name: str, value: str, expected: str) -> ImproperlyConfigured:
+def _fail(name: str, value: str, expected: str) -> ConfigurationError:
     # Never echo values of secret-looking variables back into logs.
     shown = "<hidden>" if any(s in name for s in ("KEY", "TOKEN", "SECRET", "PASSWORD")) else value
-    return ImproperlyConfigured(f"Environment variable {name}={shown!r} is invalid: expected {expected}.")
+    with contextlib.suppress(ValueError):
+        password = urlsplit(shown).password  # postgres://user:password@host/db
+        if password:
+            shown = shown.replace(f":{password}@", ":<hidden>@")
+    return ConfigurationError(
+        f"Environment variable {name}={shown!r} is invalid: expected {expected} ({where(name)})."
+    )
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -56,9 +96,9 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise _fail(name, value, "an integer") from None
+        raise _fail(name, value, "a whole number") from None
     if minimum is not None and number < minimum:
-        raise _fail(name, value, f"an integer >= {minimum}")
+        raise _fail(name, value, f"a whole number >= {minimum}")
     return number
 
 
@@ -106,14 +146,13 @@ def env_url(name: str, default: str, *, schemes: tuple[str, ...], origin_only: b
 
 def env_database(name: str, default: str) -> dict:
     value = _raw(name) or default
+    # The scheme first: django-environ only warns about an unknown one.
+    if value.split(":", 1)[0] not in environ.Env.DB_SCHEMES:
+        raise _fail(name, value, "a database URL starting with sqlite:// or postgres://")
     try:
-        config = environ.Env.db_url_config(value)
+        return environ.Env.db_url_config(value)
     except Exception as exc:  # django-environ raises several types for bad URLs
-        raise _fail(name, value, f"a database URL such as sqlite:///db.sqlite3 ({exc})") from None
-    scheme = value.split(":", 1)[0]
-    if scheme not in environ.Env.DB_SCHEMES:
-        raise _fail(name, value, "a database URL with a known scheme (sqlite, postgres)")
-    return config
+        raise _fail(name, value, f"a database URL such as sqlite:///db.sqlite3 [{exc}]") from None
 
 
 def env_pattern(name: str, pattern: str, expected: str) -> str:

@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import environ
-from django.core.exceptions import ImproperlyConfigured
-
 from voiceagent.env import (
+    ConfigurationError,
     env_bool,
     env_database,
     env_float,
@@ -22,20 +20,26 @@ from voiceagent.env import (
     env_pattern,
     env_str,
     env_url,
+    read_dot_env,
+    where,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-# A local .env file is a convenience for development; the real environment wins.
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# A local .env file is a convenience for development; the real environment wins. The test
+# suite sets DJANGO_READ_DOT_ENV=false (tests/settings.py), for itself and the servers it starts,
+# so a developer's .env cannot change what the tests see.
+if env_bool("DJANGO_READ_DOT_ENV", True) and (BASE_DIR / ".env").is_file():
+    read_dot_env(BASE_DIR / ".env")
 
 DEBUG = env_bool("DEBUG", True)
 
 _INSECURE_DEV_KEY = "django-insecure-local-development-only"
 SECRET_KEY = env_str("SECRET_KEY") or _INSECURE_DEV_KEY
 if not DEBUG and SECRET_KEY == _INSECURE_DEV_KEY:
-    raise ImproperlyConfigured("Environment variable SECRET_KEY must be set when DEBUG is false.")
+    raise ConfigurationError(
+        f"Environment variable SECRET_KEY must be set when DEBUG is false (DEBUG is {where('DEBUG')})."
+    )
 
 # The public origin Twilio reaches (ngrok or your domain). Signatures are checked
 # against URLs rebuilt from it, because behind a proxy Django cannot see the URL
@@ -213,9 +217,9 @@ MASK_PHONE_NUMBERS = env_bool("MASK_PHONE_NUMBERS", False)
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise ImproperlyConfigured(
+    raise ConfigurationError(
         f"Environment variable LOG_LEVEL={LOG_LEVEL!r} is invalid: expected DEBUG, INFO, "
-        "WARNING, ERROR or CRITICAL."
+        f"WARNING, ERROR or CRITICAL ({where('LOG_LEVEL')})."
     )
 
 LOGGING = {
