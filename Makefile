@@ -37,8 +37,9 @@ port-free: $(VENV)/.run-deps
 		|| { echo "Port $(PORT) is in use (another make run?). Stop it, or choose another port: make run PORT=8010" >&2; exit 1; }
 
 run: python-version $(VENV)/.run-deps port-free
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py close_stale_calls --all
+	@# System checks (what is still missing) are printed once, by runserver.
+	$(BIN)/python manage.py migrate --noinput --skip-checks
+	$(BIN)/python manage.py close_stale_calls --all --skip-checks
 	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT)
 
 test: test-fast
