@@ -148,9 +148,6 @@ def test_talk_to_the_agent_from_the_browser_microphone(web, loop, browser, fake_
     assert errors == []
 
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
 @pytest.fixture
 def web_without_key(live, start_server, settings, tmp_path):
     """`make run` as a newcomer starts it: DEBUG on, no OPENAI_API_KEY, no OPENAI_REALTIME_URL."""
@@ -170,6 +167,7 @@ def web_without_key(live, start_server, settings, tmp_path):
 
 
 def test_without_a_key_the_web_phone_talks_to_the_labelled_standin(web_without_key, loop, browser):
+    """Its screenshots (in tests/artifacts/) are the ones in docs/: copy them after a UI change."""
     from playwright.async_api import expect
 
     from calls.fakes import standin
@@ -195,7 +193,7 @@ def test_without_a_key_the_web_phone_talks_to_the_labelled_standin(web_without_k
         # Shown once the page has played the answer and echoed the mark after it.
         first_answer = page.locator("#va-phone-transcript .va-agent .va-text").first
         await expect(first_answer).to_have_text(a_reply, timeout=30000)
-        await page.screenshot(path=DOCS / "web-phone-standin.png", full_page=True)
+        await page.screenshot(path=ARTIFACTS / "web-phone-standin.png", full_page=True)
         await page.click("#va-phone-hang-up")
         await expect(status).to_have_attribute("data-state", "idle", timeout=10000)
         stats = await page.evaluate("window.vaPhone.stats")
@@ -203,7 +201,7 @@ def test_without_a_key_the_web_phone_talks_to_the_labelled_standin(web_without_k
         await page.goto(f"{web.url}/admin/calls/call/{call.pk}/change/")
         await expect(page.locator(".va-standin-label")).to_have_text("Local stand-in, not the real model")
         await expect(page.locator(".va-standin-hint")).to_contain_text("about 0 ms")
-        await page.screenshot(path=DOCS / "call-standin.png", full_page=True)
+        await page.screenshot(path=ARTIFACTS / "call-standin.png", full_page=True)
         return stats
 
     stats = loop.run(scenario(), timeout=120)
