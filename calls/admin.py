@@ -17,9 +17,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from calls import review, services, tools, twilio_rest
+from calls import model_endpoint, review, services, tools, twilio_rest
 from calls.models import Agent, Call, Role, ToolCall, Turn, TurnKind
 from calls.review import format_offset
+
+STANDIN_LABEL = "Local stand-in, not the real model"
 
 
 class AgentForm(forms.ModelForm):
@@ -171,7 +173,7 @@ class CallAdmin(ReadOnlyAdmin):
             {
                 "fields": [
                     ("from_number", "to_number", "direction"),
-                    ("agent", "model", "voice"),
+                    ("agent", "model_shown", "voice"),
                     ("status", "ended_reason"),
                     ("answered_by", "transferred_to"),
                     "error",
@@ -201,7 +203,14 @@ class CallAdmin(ReadOnlyAdmin):
         ("Timing", {"fields": [("created_at", "answered_at", "started_at", "ended_at"), "duration_seconds"]}),
         ("Twilio", {"fields": ["call_sid", "account_sid", "stream_sid"], "classes": ["collapse"]}),
     ]
-    readonly_fields = ["conversation", "recording_player", "latency_chart", "usage_table", "reconnects"]
+    readonly_fields = [
+        "conversation",
+        "recording_player",
+        "model_shown",
+        "latency_chart",
+        "usage_table",
+        "reconnects",
+    ]
 
     class Media:
         css = {"all": ["calls/admin.css"]}
@@ -311,9 +320,18 @@ class CallAdmin(ReadOnlyAdmin):
             url,
         )
 
+    @admin.display(description="Model")
+    def model_shown(self, call: Call) -> str | SafeString:
+        if call.model == model_endpoint.STANDIN_MODEL:
+            return format_html('<span class="va-standin-label">{}</span>', STANDIN_LABEL)
+        return call.model
+
     @admin.display(description="Per agent turn")
     def latency_chart(self, call: Call) -> SafeString:
-        return review.latency_chart(call.turns.all(), p50_ms=call.latency_p50_ms)
+        chart = review.latency_chart(call.turns.all(), p50_ms=call.latency_p50_ms)
+        if call.model != model_endpoint.STANDIN_MODEL:
+            return chart
+        return format_html('<p class="va-standin-hint">{}</p>{}', review.STANDIN_LATENCY_HINT, chart)
 
     @admin.display(description="Tokens")
     def usage_table(self, call: Call) -> SafeString:

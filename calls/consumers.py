@@ -542,6 +542,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if end.hang_up:
             await self._hang_up()
         if not self.twilio_closed:
+            await self._tell_ending(end)
             # Nothing follows </Connect> in our TwiML: closing the socket ends the call.
             failed = end.reason in (EndedReason.ERROR, EndedReason.SERVER_RESTART)
             await self._close(CLOSE_CALL_FAILED if failed else 1000)
@@ -552,6 +553,10 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             )
             with contextlib.suppress(Exception):
                 await self.channel_layer.group_discard(live.call_group(self.call_sid), self.channel_name)
+
+    async def _tell_ending(self, end: EndCall) -> None:
+        """Twilio's protocol has no message for why a call ends; the web phone sends one."""
+        return
 
     async def _hang_up(self) -> None:
         """Complete the call through Twilio's REST API: authoritative, unlike a socket close."""

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import websockets
-from django.conf import settings
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from calls import preconnect, realtime
+from calls import model_endpoint, preconnect, realtime
 from calls.bridge_actions import EndCall
 from calls.models import EndedReason
 
@@ -54,11 +55,17 @@ class OpenAILink:
     async def _run_openai(self, agent: realtime.AgentConfig) -> None:
         """Keep the call connected to OpenAI until the call ends."""
         assert self.bridge is not None
-        url = realtime.connect_url(settings.OPENAI_REALTIME_URL, agent.model)
+        try:
+            where = await model_endpoint.endpoint()
+        except model_endpoint.EndpointError as exc:
+            logger.error("call %s: %s", self.call_sid, exc)
+            self._request_end(EndCall(EndedReason.ERROR, str(exc)))
+            return
+        url = realtime.connect_url(where.url, agent.model)
         failures = 0
         while self.finishing is None:
             started = time.monotonic()
-            failure = await self._openai_session(url)
+            failure = await self._openai_session(url, where.api_key)
             if self.finishing is not None or self.bridge.ended is not None:
                 return
             now = time.monotonic()
@@ -78,7 +85,7 @@ class OpenAILink:
             await asyncio.sleep(RECONNECT_DELAYS[failures])
             failures += 1
 
-    async def _connect_openai(self, url: str) -> tuple[Any, bool]:
+    async def _connect_openai(self, url: str, api_key: str) -> tuple[Any, bool]:
         """The call's first session may be the one its webhook opened (calls/preconnect.py),
         already configured; reconnects and recycles, or no usable one, connect afresh.
         Returns the socket and whether its session.update was already sent."""
@@ -88,15 +95,15 @@ class OpenAILink:
             ws = await pending.connection(self.bridge.agent, timeout=OPENAI_CONNECT_TIMEOUT)
             if ws is not None:
                 return ws, True
-        ws = await preconnect.open_session(url, settings.OPENAI_API_KEY, timeout=OPENAI_CONNECT_TIMEOUT)
+        ws = await preconnect.open_session(url, api_key, timeout=OPENAI_CONNECT_TIMEOUT)
         return ws, False
 
-    async def _openai_session(self, url: str) -> tuple[bool, str] | None:
+    async def _openai_session(self, url: str, api_key: str) -> tuple[bool, str] | None:
         """Run one OpenAI session. None if we closed it on purpose, else (fatal, why)."""
         assert self.bridge is not None
         self.recycling = False
         try:
-            ws, configured = await self._connect_openai(url)
+            ws, configured = await self._connect_openai(url, api_key)
             async with ws:
                 self.openai_ws = ws
                 self.bridge.on_openai_connected(configured=configured)
@@ -114,14 +121,17 @@ class OpenAILink:
                         await asyncio.sleep(0)
         except InvalidStatus as exc:
             status = exc.response.status_code
-            return status in (401, 403), f"OpenAI refused the connection (HTTP {status})"
+            refused = "the API key" if status == 401 else "the connection"
+            return status in (401, 403), f"OpenAI refused {refused} (HTTP {status})"
         except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            return False, f"OpenAI connection failed: {exc}"
+            return False, f"cannot reach the OpenAI API: {unreachable_reason(exc, url)}"
         finally:
             self.openai_ws = None
         if self.recycling:
             return None
         code, reason = ws.close_code, ws.close_reason
+        if code == 3000:  # OpenAI's close for a bad key after the upgrade: invalid_api_key
+            return True, f"OpenAI refused the API key ({code} {reason})".strip()
         return code in FATAL_CLOSE_CODES, f"OpenAI closed the session ({code} {reason})".strip()
 
     def _on_openai_message(self, message: str | bytes) -> None:
@@ -155,3 +165,17 @@ class OpenAILink:
         if self.openai_ws is not None:
             self.recycling = True
             await self.openai_ws.close()
+
+
+def unreachable_reason(exc: BaseException, url: str) -> str:
+    """Why the socket to ``url`` could not be opened, for the call's error (never the key:
+    neither the OS nor websockets puts request headers in these texts)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if isinstance(exc, socket.gaierror):
+        return f"{host} not found ({exc.strerror or exc})"
+    if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in str(exc):
+        return f"{host}:{parts.port or (443 if parts.scheme == 'wss' else 80)} refused the connection"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {host} within {OPENAI_CONNECT_TIMEOUT:.0f} s"
+    return f"{type(exc).__name__}: {exc}"[:300] if str(exc) else type(exc).__name__

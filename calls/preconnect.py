@@ -233,7 +233,11 @@ def registry() -> Registry:
 
 
 def start(call_sid: str, agent: AgentConfig) -> PendingSession | None:
-    """Pre-connect ``call_sid`` to OpenAI with the configured endpoint and key."""
+    """Pre-connect ``call_sid`` to OpenAI with the configured endpoint and key. Not without a
+    key: the call then fails, or talks to the local stand-in (calls/model_endpoint.py), whose
+    handshake costs nothing to hide."""
+    if not settings.OPENAI_API_KEY:
+        return None
     return registry().start(
         call_sid,
         agent,

@@ -26,6 +26,13 @@ FAST_MS, SLOW_MS = 800, 1500
 _BAR, _GAP, _LEFT, _TOP, _HEIGHT, _BOTTOM = 22, 8, 60, 8, 100, 16
 
 
+# The stand-in answers the moment its VAD hears the caller stop: nothing to measure of a model.
+STANDIN_LATENCY_HINT = (
+    "Local stand-in, not the real model: it answers as soon as it hears you stop speaking, so its "
+    "response latency is about 0 ms. Calls to OpenAI measure the model's real latency here."
+)
+
+
 def latency_class(ms: int) -> str:
     return "va-fast" if ms < FAST_MS else "va-fair" if ms < SLOW_MS else "va-slow"
 

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls import maintenance, pricing, tools, twilio_rest, twiml
+from calls import maintenance, model_endpoint, pricing, tools, twilio_rest, twiml
 from calls.bridge_actions import CallSummary, ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
@@ -92,7 +92,7 @@ def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
         if params.get("CallStatus") in CallStatus.values
         else CallStatus.RINGING,
         "agent": agent,
-        "model": agent.effective_model if agent else "",
+        "model": model_endpoint.recorded_model(agent.effective_model) if agent else "",
         "voice": agent.voice if agent else "",
     }
     try:
@@ -195,7 +195,9 @@ def call_status_apply(*, params: dict[str, str]) -> Call | None:
             logger.info("Status callback for unknown call %s ignored", call_sid)
             return None
         newest = call.status_sequence is None or (sequence is not None and sequence > call.status_sequence)
-        if newest:
+        # Twilio reports "completed" for a call it connected, though our side failed it.
+        kept_failed = call.status == CallStatus.FAILED and status == CallStatus.COMPLETED
+        if newest and not kept_failed:
             call.status = status
             if sequence is not None:
                 call.status_sequence = sequence
@@ -346,7 +348,12 @@ def call_finalize(*, call_sid: str, summary: CallSummary) -> None:
         if call.duration_seconds is None:
             began = call.answered_at or call.started_at or call.created_at
             call.duration_seconds = max(0, int((call.ended_at - began).total_seconds()))
-        if call.status not in TERMINAL_STATUSES:
+        reported = call.status in TERMINAL_STATUSES - {CallStatus.COMPLETED}  # busy, no-answer...
+        if call.ended_reason == EndedReason.ERROR and not reported:
+            # Ended on an error of ours or OpenAI's (the caller heard the apology): failed,
+            # even if Twilio, which connected the call, already reported it completed.
+            call.status = CallStatus.FAILED
+        elif call.status not in TERMINAL_STATUSES:
             call.status = CallStatus.COMPLETED
         if summary.usage:
             call.usage = summary.usage
@@ -388,7 +395,7 @@ def call_start_web(*, call_sid: str, username: str, agent_id: str) -> Call:
         to_number=(agent.phone_number or agent.name)[:64],
         direction=CallDirection.WEB,
         agent=agent,
-        model=agent.effective_model,
+        model=model_endpoint.recorded_model(agent.effective_model),
         voice=agent.voice,
     )
     logger.info("call %s: web phone call by %s to agent %s", call_sid, username, agent.name)
@@ -424,7 +431,7 @@ def call_place(*, to: str, agent: Agent) -> Call:
             "to_number": to,
             "direction": CallDirection.OUTBOUND_API,
             "agent": agent,
-            "model": agent.effective_model,
+            "model": model_endpoint.recorded_model(agent.effective_model),
             "voice": agent.voice,
         },
     )

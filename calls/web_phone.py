@@ -7,7 +7,8 @@ their audio has played and honours ``clear``. Only the authentication differs fr
 the Django session of staff who may view calls, and SIDs minted here. On accepting the socket
 the server sends one message of its own, ``assigned``, with the call's SIDs; the page's
 ``start`` must carry exactly those (and the chosen agent as a custom parameter), so a browser
-can never attach to another call.
+can never attach to another call. Before closing, the server sends ``ended`` with why the
+call ended and its error, which the page shows (Twilio reads these from the call log).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import secrets
 from typing import Any, Literal, TypedDict
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from calls import services, twilio_media
+from calls import model_endpoint, services, twilio_media
+from calls.bridge_actions import EndCall
 from calls.consumers import MediaStreamConsumer
 from calls.live_page import can_monitor
 from calls.models import Agent
@@ -44,6 +47,14 @@ class Assigned(TypedDict):
     streamSid: str
 
 
+class Ended(TypedDict):
+    """Sent just before the server closes the socket: why the call ended, and its error."""
+
+    event: Literal["ended"]
+    reason: str
+    error: str
+
+
 def can_call(user: AbstractBaseUser | AnonymousUser | None) -> bool:
     """The call is stored in the call log, with its transcript: staff who may view calls."""
     return can_monitor(user)
@@ -61,6 +72,8 @@ def phone_page(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Web phone",
         "agents": Agent.objects.filter(enabled=True).order_by("name"),
+        "standin": model_endpoint.uses_standin(),
+        "missing_key": not settings.OPENAI_API_KEY and not model_endpoint.uses_standin(),
     }
     return TemplateResponse(request, "admin/calls/phone.html", context)
 
@@ -104,6 +117,10 @@ class WebPhoneConsumer(MediaStreamConsumer):
     def _release_preconnected(self, start: twilio_media.Start, reason: str) -> None:
         # Web calls are never pre-connected, and a browser's start must not reach a phone call's.
         return
+
+    async def _tell_ending(self, end: EndCall) -> None:
+        ended = Ended(event="ended", reason=str(end.reason), error=end.error)
+        await self._send_twilio(json.dumps(ended))
 
     async def _hang_up(self) -> None:
         # No phone network to tell: closing the socket, which ``_finish`` does next, ends it.

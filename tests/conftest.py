@@ -27,6 +27,9 @@ def twilio_settings(settings):
     settings.TWILIO_VALIDATE_SIGNATURES = True
     # In-process webhooks must not dial OpenAI; tests/test_preconnect.py turns it on where tested.
     settings.OPENAI_PRECONNECT = False
+    # Whatever the developer's environment: in-process calls use the fake their test sets up,
+    # never the local stand-in (tests/test_model_endpoint.py turns it on where tested).
+    settings.OPENAI_STANDIN = False
     return settings
 
 

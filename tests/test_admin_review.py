@@ -117,6 +117,18 @@ def test_call_page_without_recording_or_metrics_has_empty_states(staff_client):
     assert "No token usage recorded for this call." in body
 
 
+def test_a_standin_call_is_labelled_and_its_latency_explained(staff_client):
+    call = Call.objects.create(call_sid="WEB" + "7" * 32, model="stand-in", latency_p50_ms=0)
+    Turn.objects.create(call=call, position=0, role=Role.AGENT, text="Hello!", latency_ms=0)
+    body = staff_client.get(f"/admin/calls/call/{call.pk}/change/").content.decode()
+    assert '<span class="va-standin-label">Local stand-in, not the real model</span>' in body
+    assert "so its response latency is about 0 ms" in body
+
+    Call.objects.filter(pk=call.pk).update(model="gpt-realtime")
+    body = staff_client.get(f"/admin/calls/call/{call.pk}/change/").content.decode()
+    assert "stand-in" not in body and "gpt-realtime" in body
+
+
 def test_recording_is_streamed_to_staff_with_range_support(staff_client, reviewed_call):
     url = f"/admin/calls/call/{reviewed_call.pk}/recording.wav"
     data = wav_bytes()

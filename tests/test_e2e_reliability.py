@@ -9,12 +9,13 @@ import pytest
 
 from calls import replay
 from calls.fakes.openai_realtime import Reply, Script
-from calls.models import Agent, Call, EndedReason, Role
+from calls.models import Agent, Call, CallStatus, EndedReason, Role
 from tests.live import free_port
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, sent_audio, speak
 
 pytestmark = pytest.mark.e2e
 
+PORT = free_port()  # nothing listens there
 APOLOGY = "Sorry, our assistant is not available right now. Please call again later. Goodbye."
 
 
@@ -36,10 +37,16 @@ def said(twiml: str) -> list[str]:
     [
         (
             "connection refused",
-            {"OPENAI_REALTIME_URL": f"ws://127.0.0.1:{free_port()}/v1/realtime"},
-            "failed",
+            {"OPENAI_REALTIME_URL": f"ws://127.0.0.1:{PORT}/v1/realtime"},
+            f"cannot reach the OpenAI API: 127.0.0.1:{PORT} refused the connection",
         ),
-        ("wrong API key", {"OPENAI_API_KEY": "sk-wrong-key-000000"}, "invalid_api_key"),
+        (
+            "wrong API key",
+            {"OPENAI_API_KEY": "sk-wrong-key-000000"},
+            "OpenAI refused the session: invalid_api_key: Incorrect API key provided: sk-...0000.",
+        ),
+        # Production (DEBUG off) never falls back to the local stand-in (issue 13).
+        ("no API key", {"OPENAI_API_KEY": "", "OPENAI_REALTIME_URL": ""}, "OPENAI_API_KEY is not set"),
     ],
 )
 def test_openai_unreachable_the_caller_hears_an_apology(
@@ -53,7 +60,8 @@ def test_openai_unreachable_the_caller_hears_an_apology(
     assert caller.heard == bytearray()
     assert said(after.twiml) == [APOLOGY] and "Hangup" in after.verbs
     call = Call.objects.get()
-    assert call.ended_reason == EndedReason.ERROR and error in call.error
+    assert (call.status, call.ended_reason, call.error) == (CallStatus.FAILED, EndedReason.ERROR, error)
+    assert call.model != "stand-in"
     assert OPENAI_KEY_FRAGMENT not in call.error
 
 

@@ -103,3 +103,13 @@ def test_stream_error_is_stored_on_the_call(twilio, call):
     assert twilio.post("/stream-status", params).status_code == 200
     call.refresh_from_db()
     assert "Handshake Error" in call.error
+
+
+def test_a_call_failed_on_our_side_stays_failed_when_twilio_reports_it_completed(twilio, call):
+    # The stream ended on an error (no OpenAI key, OpenAI unreachable): the caller heard the
+    # apology and Twilio, which did connect the call, then reports it completed.
+    Call.objects.update(status=CallStatus.FAILED, ended_reason=EndedReason.ERROR, stream_sid="MZ" + "3" * 32)
+    twilio.post("/call-status", status(2, "completed", CallDuration="4"))
+    call.refresh_from_db()
+    assert (call.status, call.ended_reason) == (CallStatus.FAILED, EndedReason.ERROR)
+    assert call.duration_seconds == 4

@@ -20,6 +20,7 @@ from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallDirection, CallStatus, EndedReason, Role
 from calls.realtime import AgentConfig
 from tests.conftest import OPENAI_KEY
+from tests.live import free_port
 from voiceagent.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer writes from other threads
@@ -320,3 +321,43 @@ def test_operator_hang_up_ends_a_web_call_without_twilio(staff_client, agent, op
     assert closed == {"type": "websocket.close", "code": 1000}
     assert Call.objects.get(call_sid=assigned["callSid"]).ended_reason == EndedReason.OPERATOR
     assert fake_twilio_rest.requests == []
+
+
+def test_a_web_call_that_cannot_reach_openai_is_failed_and_says_why(staff_client, agent, settings):
+    port = free_port()  # nothing listens there
+    settings.OPENAI_REALTIME_URL = f"ws://127.0.0.1:{port}/v1/realtime"
+    settings.OPENAI_API_KEY = OPENAI_KEY
+
+    async def scenario():
+        communicator = socket(staff_client)
+        await communicator.connect()
+        assigned = await communicator.receive_json_from()
+        await communicator.send_to(text_data=start_message(assigned, str(agent.pk)))
+        said = []
+        while (output := await communicator.receive_output(timeout=10))["type"] != "websocket.close":
+            said.append(json.loads(output["text"]))
+        return assigned, said, output
+
+    assigned, said, closed = run(scenario)
+    error = f"cannot reach the OpenAI API: 127.0.0.1:{port} refused the connection"
+    assert said[-1] == {"event": "ended", "reason": EndedReason.ERROR, "error": error}
+    assert closed == {"type": "websocket.close", "code": 4500}
+    call = Call.objects.get(call_sid=assigned["callSid"])
+    assert (call.status, call.ended_reason, call.error) == (CallStatus.FAILED, EndedReason.ERROR, error)
+    assert OPENAI_KEY not in json.dumps(said)
+
+
+def test_the_page_says_when_the_agent_is_the_local_standin(staff_client, agent, settings):
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_STANDIN = True
+    body = staff_client.get("/admin/phone/").content.decode()
+    assert "Local stand-in, not the real model." in body and "OPENAI_API_KEY is not set" not in body
+
+    settings.OPENAI_STANDIN = False  # production: no fallback, and the page says calls will fail
+    body = staff_client.get("/admin/phone/").content.decode()
+    assert "OPENAI_API_KEY is not set:" in body and "stand-in" not in body
+
+    settings.OPENAI_API_KEY = OPENAI_KEY
+    settings.OPENAI_STANDIN = True  # a key always wins
+    body = staff_client.get("/admin/phone/").content.decode()
+    assert "stand-in" not in body and "OPENAI_API_KEY" not in body

@@ -6,6 +6,7 @@ honours a barge-in's clear."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,4 +145,70 @@ def test_talk_to_the_agent_from_the_browser_microphone(web, loop, browser, fake_
     heard = f"{interrupted.heard_ms / 1000:.1f} s"
     assert said_by[:4] == ["You", "Agent", "You", f"Agent (interrupted, you heard {heard})"]
     assert link == f"/admin/calls/call/?q={call.call_sid}"
+    assert errors == []
+
+
+@pytest.fixture
+def web_without_key(live, start_server, settings, tmp_path):
+    """`make run` as a newcomer starts it: DEBUG on, no OPENAI_API_KEY, no OPENAI_REALTIME_URL."""
+    from django.contrib.auth import get_user_model
+
+    from tests.chromium import PASSWORD
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True, is_superuser=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    return start_server(
+        DEBUG="true",
+        OPENAI_API_KEY="",
+        OPENAI_REALTIME_URL="",
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+    )
+
+
+def test_without_a_key_the_web_phone_talks_to_the_labelled_standin(web_without_key, loop, browser):
+    """Its screenshots (in tests/artifacts/) are the ones in docs/: copy them after a UI change."""
+    from playwright.async_api import expect
+
+    from calls.fakes import standin
+
+    web = web_without_key
+    # The agent has no greeting: the microphone's tone speaks first, and every 3 s again, so
+    # which line of the script answers first depends on where Chromium starts the loop.
+    replies = standin.BUILTIN_SCRIPT["replies"]
+    a_reply = re.compile("|".join(re.escape(reply) for reply in replies))
+    agent = Agent.objects.get()
+    errors: list[str] = []
+
+    async def scenario():
+        page = await signed_in_page(browser, web, errors)
+        await page.goto(f"{web.url}/admin/phone/")
+        label = page.locator("#va-phone-standin")
+        await expect(label).to_contain_text("Local stand-in, not the real model.")
+        await expect(label).to_contain_text("set OPENAI_API_KEY in .env and restart the server")
+        await page.select_option("#va-phone-agent", str(agent.pk))
+        await page.click("#va-phone-call")
+        status = page.locator("#va-phone-status")
+        await expect(status).to_have_attribute("data-state", "in-call", timeout=10000)
+        # Shown once the page has played the answer and echoed the mark after it.
+        first_answer = page.locator("#va-phone-transcript .va-agent .va-text").first
+        await expect(first_answer).to_have_text(a_reply, timeout=30000)
+        await page.screenshot(path=ARTIFACTS / "web-phone-standin.png", full_page=True)
+        await page.click("#va-phone-hang-up")
+        await expect(status).to_have_attribute("data-state", "idle", timeout=10000)
+        stats = await page.evaluate("window.vaPhone.stats")
+        call = await Call.objects.aget(direction=CallDirection.WEB)
+        await page.goto(f"{web.url}/admin/calls/call/{call.pk}/change/")
+        await expect(page.locator(".va-standin-label")).to_have_text("Local stand-in, not the real model")
+        await expect(page.locator(".va-standin-hint")).to_contain_text("about 0 ms")
+        await page.screenshot(path=ARTIFACTS / "call-standin.png", full_page=True)
+        return stats
+
+    stats = loop.run(scenario(), timeout=120)
+    assert stats["bytesPlayed"] > 8000 and stats["closeCode"] == 1000  # over a second heard
+    call = Call.objects.get(direction=CallDirection.WEB)
+    assert call.model == "stand-in" and call.status == CallStatus.COMPLETED
+    assert call.ended_reason == EndedReason.CALLER_HUNG_UP
+    said = [t.text for t in call.turns.all() if t.role == Role.AGENT]
+    assert said and set(said) <= set(replies)
     assert errors == []

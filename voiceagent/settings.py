@@ -189,6 +189,13 @@ OPENAI_PRECONNECT_TTL = env_float("OPENAI_PRECONNECT_TTL", 15.0, minimum=0.1)
 # where its OpenAI session is already open (deploy/nginx/voiceagent.conf). Empty: /media-stream.
 WORKER_ROUTE = env_pattern("WORKER_ROUTE", r"[A-Za-z0-9_-]{1,32}", "1-32 letters, digits, - or _")
 
+# --- The local OpenAI stand-in (issue 13) ---
+# A development server with no OPENAI_API_KEY (and no OPENAI_REALTIME_URL of its own) answers
+# calls with the bundled stand-in instead of the model, so `make run` works at once
+# (calls/model_endpoint.py). Never with a key; never with DEBUG off: there a call without a
+# key fails with "OPENAI_API_KEY is not set", so no real caller gets scripted answers.
+OPENAI_STANDIN = DEBUG and not OPENAI_API_KEY and not env_str("OPENAI_REALTIME_URL")
+
 # --- Twilio ---
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
 TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")

@@ -177,6 +177,7 @@
     let message;
     try { message = JSON.parse(event.data); } catch (error) { return; }
     if (message.event === "assigned") onAssigned(message);
+    else if (message.event === "ended") call.ended = message;
     else if (message.event === "media" && message.media) play(message.media.payload);
     else if (message.event === "mark" && message.mark) onMark(message.mark.name);
     else if (message.event === "clear") clearPlayback();
@@ -209,6 +210,7 @@
       ticker: null,
       live: null,
       stopTimer: null,
+      ended: null, // the server's "ended": why the call ended, and its error
     };
     const current = call;
     if (!navigator.mediaDevices) {
@@ -237,7 +239,8 @@
     current.socket.addEventListener("message", onMessage);
     current.socket.addEventListener("close", function (closed) {
       stats.closeCode = closed.code;
-      const text = CLOSE_MESSAGES[closed.code]
+      const error = current.ended && current.ended.error;
+      const text = (closed.code === 4500 && error ? "The call failed: " + error + "." : CLOSE_MESSAGES[closed.code])
         || (current.callSid ? "The connection was lost." : "Could not connect: sign in again and reload.");
       endCall(current, closed.code === 1000 ? "idle" : "error", text);
     });
