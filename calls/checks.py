@@ -33,9 +33,14 @@ def configuration_check(app_configs: Sequence[Any] | None = None, **kwargs: Any)
 def _openai() -> list[CheckMessage]:
     key = settings.OPENAI_API_KEY
     if not key:
+        effect = (
+            "calls are answered by the local stand-in model, not OpenAI"
+            if settings.OPENAI_STANDIN
+            else "every call fails (the local stand-in is for DEBUG=true only)"
+        )
         return [
             CheckWarning(
-                "OPENAI_API_KEY is not set: calls are answered by the local stand-in model, not OpenAI.",
+                f"OPENAI_API_KEY is not set: {effect}.",
                 hint=f"Create a key at {OPENAI_KEYS_PAGE} and set OPENAI_API_KEY=sk-... in .env.",
                 id="voiceagent.W001",
             )

@@ -44,9 +44,17 @@ def test_a_configured_setup_has_no_warnings(configured, superuser):
 
 def test_missing_openai_key_says_calls_use_the_stand_in(configured, superuser):
     configured.OPENAI_API_KEY = ""
+    configured.OPENAI_STANDIN = True
     [message] = [m for m in run_checks() if m.id == "voiceagent.W001"]
-    assert "stand-in" in message.msg
+    assert "answered by the local stand-in" in message.msg
     assert "https://platform.openai.com/api-keys" in message.hint
+
+
+def test_missing_openai_key_in_production_says_calls_fail(configured, superuser):
+    configured.OPENAI_API_KEY = ""
+    configured.OPENAI_STANDIN = False
+    [message] = [m for m in run_checks() if m.id == "voiceagent.W001"]
+    assert "every call fails" in message.msg
 
 
 def test_malformed_openai_key_is_reported_without_showing_it(configured, superuser):
