@@ -54,7 +54,11 @@ def setup_items() -> list[Item]:
         Item(
             "OPENAI_API_KEY",
             _set("OPENAI_API_KEY"),
-            "set" if _set("OPENAI_API_KEY") else "not set: the local stand-in is in use (no real model)",
+            "set"
+            if _set("OPENAI_API_KEY")
+            else "not set: the local stand-in is in use (no real model)"
+            if settings.OPENAI_STANDIN
+            else "not set: every call fails (the local stand-in is for DEBUG=true only)",
         ),
         Item(
             "TWILIO_AUTH_TOKEN",

@@ -98,13 +98,19 @@ async def serve_static(route: Route) -> None:
         await route.fulfill(status=404)
 
 
-async def signed_in_page(browser: Browser, server: LiveServer, errors: list[str]) -> Page:
-    """A new page signed in to the admin as USERNAME (the `web` fixture creates that user);
-    the page's JavaScript errors are appended to errors."""
+async def anonymous_page(browser: Browser, server: LiveServer, errors: list[str]) -> Page:
+    """A new page, not signed in; the page's JavaScript errors are appended to errors."""
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     await context.route(f"{server.url}/static/**", serve_static)
     page = await context.new_page()
     page.on("pageerror", lambda error: errors.append(str(error)))
+    return page
+
+
+async def signed_in_page(browser: Browser, server: LiveServer, errors: list[str]) -> Page:
+    """A new page signed in to the admin as USERNAME (the `web` fixture creates that user);
+    the page's JavaScript errors are appended to errors."""
+    page = await anonymous_page(browser, server, errors)
     await page.goto(f"{server.url}/admin/login/?next=/admin/")
     await page.fill("#id_username", USERNAME)
     await page.fill("#id_password", PASSWORD)

@@ -16,7 +16,7 @@ import pytest
 from calls.fakes import mulaw, wav
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallDirection, CallStatus, EndedReason, Role
-from tests.chromium import ARTIFACTS, USERNAME, launched, signed_in_page
+from tests.chromium import ARTIFACTS, PASSWORD, USERNAME, anonymous_page, launched, signed_in_page
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -181,8 +181,19 @@ def test_without_a_key_the_web_phone_talks_to_the_labelled_standin(web_without_k
     errors: list[str] = []
 
     async def scenario():
-        page = await signed_in_page(browser, web, errors)
-        await page.goto(f"{web.url}/admin/phone/")
+        # A newcomer's path: the root page sends them to sign in, then shows the set-up page,
+        # which says the stand-in is in use and links the web phone.
+        page = await anonymous_page(browser, web, errors)
+        await page.goto(f"{web.url}/")
+        await page.wait_for_url(re.compile(r"/admin/login/\?next=/$"))
+        await page.fill("#id_username", USERNAME)
+        await page.fill("#id_password", PASSWORD)
+        await page.click("input[type=submit]")
+        await page.wait_for_url(f"{web.url}/")
+        await expect(page.locator("body")).to_contain_text("stand-in")
+        await page.screenshot(path=ARTIFACTS / "setup-page.png", full_page=True)
+        await page.click("text=Web phone")
+        await page.wait_for_url(f"{web.url}/admin/phone/")
         label = page.locator("#va-phone-standin")
         await expect(label).to_contain_text("Local stand-in, not the real model.")
         await expect(label).to_contain_text("set OPENAI_API_KEY in .env and restart the server")
