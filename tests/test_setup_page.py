@@ -56,6 +56,7 @@ def test_staff_never_see_secret_values(staff_client, settings):
 def test_missing_configuration_is_listed(staff_client, settings):
     settings.TWILIO_AUTH_TOKEN = ""
     settings.OPENAI_API_KEY = ""
+    settings.OPENAI_STANDIN = True  # DEBUG, as `make run`
     settings.TWILIO_ACCOUNT_SID = ""
     settings.PUBLIC_BASE_URL = "http://localhost:8000"
     get_user_model().objects.filter(username="ops").update(is_superuser=False)
@@ -118,3 +119,10 @@ def test_call_list_with_calls_has_no_first_call_hint(staff_client):
     Call.objects.create(call_sid="CA" + "7" * 32, from_number="+15550001111")
     body = staff_client.get("/admin/calls/call/", {"q": "nothing matches this"}).content.decode()
     assert 'id="va-first-call"' not in body
+
+
+def test_a_production_server_without_a_key_says_calls_fail(staff_client, settings):
+    settings.OPENAI_API_KEY = ""
+    settings.OPENAI_STANDIN = False
+    body = staff_client.get("/").content.decode()
+    assert "every call fails" in body and "stand-in is in use" not in body
