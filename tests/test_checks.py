@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.checks import run_checks
+
+from tests.test_settings import start_django
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAI_KEY = "sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z"
@@ -110,20 +109,8 @@ def test_no_superuser_yet(configured):
     assert warnings() == {"voiceagent.W007": "Create one: .venv/bin/python manage.py createsuperuser"}
 
 
-def manage_check(**variables: str) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | variables
-    return subprocess.run(
-        [sys.executable, "manage.py", "check"],
-        cwd=ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_a_fresh_checkout_is_told_what_to_set(tmp_path):
-    result = manage_check(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    result = start_django(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
     assert result.returncode == 0, result.stderr
     for warning in ("voiceagent.W001", "voiceagent.W003", "voiceagent.W005"):
         assert warning in result.stderr
@@ -138,7 +125,7 @@ def test_a_fresh_checkout_is_told_what_to_set(tmp_path):
 )
 def test_superuser_check_is_quiet_when_it_cannot_tell(tmp_path, database_url):
     (tmp_path / "empty.sqlite3").touch()
-    result = manage_check(DATABASE_URL=database_url.format(tmp=tmp_path))
+    result = start_django(DATABASE_URL=database_url.format(tmp=tmp_path))
     assert result.returncode == 0, result.stderr
     assert "voiceagent.W001" in result.stderr
     assert "voiceagent.W007" not in result.stderr
