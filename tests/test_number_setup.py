@@ -115,7 +115,8 @@ def test_unknown_number_is_a_clear_error(fake):
 
 def test_unknown_number_exits_with_code_1(fake, tmp_path: Path):
     env = {
-        **os.environ,
+        # The real settings, not tests.settings (which clears the variables set here).
+        **{k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
         "TWILIO_API_BASE_URL": fake.url,
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
