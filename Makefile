@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-# The suite runs twice: on the embedded SQLite, then on the PostgreSQL server of this machine.
+# The suite runs on the embedded SQLite, then its database tests on this machine's PostgreSQL.
 POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/voiceagent
 
 .PHONY: run test test-fast lint demo python-version port-free
@@ -43,7 +43,8 @@ run: python-version $(VENV)/.run-deps port-free
 	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT)
 
 test: test-fast
-	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -p no:cacheprovider
+	@# Again on PostgreSQL: every test that reaches the database (tests/conftest.py).
+	DATABASE_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -p no:cacheprovider --database-tests-only
 
 # The browser tests drive this machine's Chromium (Playwright never downloads a browser) and
 # the stand-in's speech test needs espeak-ng: tests/preflight.py says what to install if not.

@@ -13,6 +13,33 @@ if TYPE_CHECKING:
 
     from tests.live import BackgroundLoop
 
+# Fixtures through which a test reaches the database (directly, or through a server started
+# on the test database: ``live``, ``start_server`` and the like all depend on one of them).
+DATABASE_FIXTURES = frozenset({"db", "transactional_db", "django_db_setup"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--database-tests-only",
+        action="store_true",
+        help="run only the tests that reach the database (make test's second, PostgreSQL pass)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL pass re-runs what can differ between databases, not the tests of the
+    fakes, the sans-IO core or the benchmarks, which the SQLite pass has already run."""
+    if not config.getoption("--database-tests-only"):
+        return
+    keep, drop = [], []
+    for item in items:
+        reaches = DATABASE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        (keep if reaches or item.get_closest_marker("django_db") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_BASE_URL = "https://voice.example.ngrok.app"
 

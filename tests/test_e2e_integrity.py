@@ -189,7 +189,8 @@ def heard_per_turn(heard: bytes, turns: list, replies: list[Reply]) -> dict[int,
     return result
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+# Three seeds: between them, all four drop points and all three ways of dropping (``plan``).
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_conversation_survives_drops_at_random_points(live, loop, fake_openai, seed):
     drops = plan(seed)
     Agent.objects.update(
