@@ -337,6 +337,10 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if call is None:
             self._release_preconnected(start, "bad or already used stream token")
             await self._reject("missing, expired or already used stream token")
+            return None
+        # Ours now: claimed before anything else can run, so a replay of this start (refused
+        # above, its token spent) cannot close the session this call is about to use.
+        self.preconnected = preconnect.claim(start.call_sid)
         return call
 
     async def _begin(self, call: Any, start: twilio_media.Start) -> None:
@@ -346,7 +350,10 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                 services.call_stream_started, call=call, stream_sid=start.stream_sid
             )
         except services.WebhookError as exc:
-            self._release_preconnected(start, str(exc))  # authenticated: its claim is proven
+            if self.preconnected is not None:  # authenticated: the session was this call's
+                logger.info("call %s: closing its pre-connected OpenAI session: %s", self.call_sid, exc)
+                pending, self.preconnected = self.preconnected, None
+                await pending.discard()
             await self._reject(str(exc), CLOSE_BAD_STREAM)
             return
         self.tool_context = tools.ToolContext(

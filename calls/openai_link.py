@@ -44,6 +44,9 @@ class OpenAILink:
     finishing: asyncio.Task[None] | None
     openai_ws: Any
     recycling: bool
+    # The session the webhook opened, claimed as soon as the stream authenticated (so that a
+    # replayed start racing this stream finds nothing to close); used for the first session.
+    preconnected: preconnect.PendingSession | None = None
 
     # Provided by MediaStreamConsumer.
     async def _perform(self) -> None:
@@ -90,7 +93,7 @@ class OpenAILink:
         already configured; reconnects and recycles, or no usable one, connect afresh.
         Returns the socket and whether its session.update was already sent."""
         assert self.bridge is not None
-        pending = preconnect.claim(self.call_sid) if self.bridge.sessions == 0 else None
+        pending, self.preconnected = self.preconnected, None
         if pending is not None:
             ws = await pending.connection(self.bridge.agent, timeout=OPENAI_CONNECT_TIMEOUT)
             if ws is not None:
