@@ -62,7 +62,6 @@ class Item:
     heard_ms: int | None = None
     latency_ms: int | None = None
     saved: bool = False
-    response_id: str = ""
     session: int = 0  # the OpenAI session it belongs to (1, 2... after reconnects)
     cut_off: bool = False  # agent: the session dropped while it was being generated
     words_lost: bool = False  # caller: the session dropped before its transcript came
@@ -441,8 +440,7 @@ class CallBridge(CallControl):
         if raw.get("id"):
             role = {"message": "agent", "function_call": "tool"}.get(str(raw.get("type")), "other")
             item = self._item(str(raw["id"]), role)
-            item.response_id = str(event.get("response_id") or self._active_response)
-            self._item_response[item.item_id] = item.response_id
+            self._item_response[item.item_id] = str(event.get("response_id") or self._active_response)
 
     def _on_audio_delta(self, event: dict[str, Any], now: float) -> None:
         response_id = str(event.get("response_id") or self._active_response or "")

@@ -289,6 +289,11 @@ def web(live, start_server, settings, tmp_path):
     browsers to HTTPS, as production does; http://127.0.0.1 is still a secure context, so the
     web phone may use the microphone), sharing this test's database and media, with a staff
     superuser to sign in as."""
+    return local_web_server(start_server, settings, tmp_path)
+
+
+def local_web_server(start_server, settings, tmp_path, **overrides: str):
+    """The ``web`` fixture's server, with some settings changed."""
     from tests.chromium import ARTIFACTS, PASSWORD, USERNAME
 
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -299,4 +304,5 @@ def web(live, start_server, settings, tmp_path):
         SESSION_COOKIE_SECURE="false",
         CSRF_COOKIE_SECURE="false",
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        **overrides,
     )

@@ -151,18 +151,10 @@ def test_talk_to_the_agent_from_the_browser_microphone(web, loop, browser, fake_
 @pytest.fixture
 def web_without_key(live, start_server, settings, tmp_path):
     """`make run` as a newcomer starts it: DEBUG on, no OPENAI_API_KEY, no OPENAI_REALTIME_URL."""
-    from django.contrib.auth import get_user_model
+    from tests.conftest import local_web_server
 
-    from tests.chromium import PASSWORD
-
-    settings.MEDIA_ROOT = tmp_path / "media"
-    get_user_model().objects.create_user(USERNAME, password=PASSWORD, is_staff=True, is_superuser=True)
-    ARTIFACTS.mkdir(exist_ok=True)
-    return start_server(
-        DEBUG="true",
-        OPENAI_API_KEY="",
-        OPENAI_REALTIME_URL="",
-        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+    return local_web_server(
+        start_server, settings, tmp_path, DEBUG="true", OPENAI_API_KEY="", OPENAI_REALTIME_URL=""
     )
 
 
