@@ -209,13 +209,13 @@ class CallBridge(CallControl):
         self._wanted = None
         # Tools still running keep running: their results are given to the next session.
         for item in sorted(self.items.values(), key=lambda i: i.position):
-            if item.role == "agent" and not item.transcript_done and active is not None:
-                if self._item_response.get(item.item_id) == active:
-                    # No more of this answer will come; what was sent plays on and is stored.
-                    item.cut_off = not planned
-                    item.transcript = "".join(item.transcript_parts)
-                    item.transcript_done = item.audio_done = True
-                    self._maybe_finish_agent(item, now)
+            being_said = active is not None and self._item_response.get(item.item_id) == active
+            if item.role == "agent" and not item.transcript_done and being_said:
+                # No more of this answer will come; what was sent plays on and is stored.
+                item.cut_off = not planned
+                item.transcript = "".join(item.transcript_parts)
+                item.transcript_done = item.audio_done = True
+                self._maybe_finish_agent(item, now)
             elif item.role == "caller" and not item.saved and item.started_ms is not None:
                 # Its transcription belonged to the lost session and will never come.
                 item.words_lost = True
