@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError
 
 from calls import services
-from calls.bridge_actions import CallSummary, EndCall, RecordError, SaveToolCall, SaveTurn
+from calls.bridge.actions import CallSummary, EndCall, RecordError, SaveToolCall, SaveTurn
 from calls.recording import Mixer, Recorder, WavFile
 from calls.threads import in_db_thread, in_thread
 

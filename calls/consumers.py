@@ -26,7 +26,8 @@ from django.db import DatabaseError, DataError, IntegrityError
 
 from calls import live, preconnect, services, tools, twilio_media, twilio_rest, twiml
 from calls.bridge import CallBridge
-from calls.bridge_actions import (
+from calls.bridge.actions import (
+    Action,
     AgentAudio,
     AgentCut,
     EndCall,
@@ -228,11 +229,12 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if self.recorder is not None and isinstance(event, twilio_media.Media):
             self.recorder.caller(event.payload, event.timestamp_ms)
         try:
-            self.bridge.on_twilio(event, time.monotonic())
+            actions = self.bridge.on_twilio(event, time.monotonic())
         except Exception:
             logger.exception("call %s: bridge failed on a Twilio event", self.call_sid)
-            self._request_end(EndCall(EndedReason.ERROR, "internal error in the bridge (see server log)"))
-        await self._perform()
+            self._request_end(EndCall("error", "internal error in the bridge (see server log)"))
+            return
+        await self._perform(actions)
 
     def _bad_frame(self, reason: str) -> None:
         self.bad_frames += 1
@@ -364,19 +366,20 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         )
         now = time.monotonic()
         self.bridge = CallBridge(agent, stream_sid=start.stream_sid, call_sid=self.call_sid, now=now)
+        actions = self.bridge.start(now)
         if agent.record:
             await self._start_recording(now)
         for media in self.early:
             if self.recorder is not None:
                 self.recorder.caller(media.payload, media.timestamp_ms)
-            self.bridge.on_twilio(media, now)
+            actions += self.bridge.on_twilio(media, now)
         self.early.clear()
         await self._join_call_group(call)
         logger.info("call %s: stream %s started (model %s)", self.call_sid, start.stream_sid, agent.model)
         self.reader = asyncio.create_task(self._run_openai(agent))
         self.writer = asyncio.create_task(self._write_database())
         self.ticker = asyncio.create_task(self._tick())
-        await self._perform()
+        await self._perform(actions)
 
     async def _join_call_group(self, call: Any) -> None:
         """Be reachable by the live page's hang-up from any worker, and announce the call."""
@@ -411,13 +414,13 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         logger.info("call %s: hung up by %s", self.call_sid, str(event.get("by", "an operator"))[:64])
         self._request_end(EndCall(EndedReason.OPERATOR, hang_up=True))
 
-    async def _perform(self) -> None:
+    async def _perform(self, actions: list[Action]) -> None:
         """Carry out what the bridge decided, without waiting on OpenAI or the database."""
         assert self.bridge is not None
         # Only while ending: the check scans the conversation, too costly for every frame.
         if self.finishing is not None and not self.bridge.awaiting_transcripts:
             self.transcripts_settled.set()
-        for action in self.bridge.drain():
+        for action in actions:
             if isinstance(action, SendTwilio):
                 await self._send_twilio(action.text)
             elif isinstance(action, SendOpenAI):
@@ -475,8 +478,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             await asyncio.sleep(TICK_SECONDS)
             assert self.bridge is not None
             now = time.monotonic()
-            self.bridge.on_tick(now)
-            await self._perform()
+            await self._perform(self.bridge.on_tick(now))
             ticks += 1
             if self.recorder is not None and ticks % RECORD_EVERY_TICKS == 0:
                 await self._record(self.recorder, now)
@@ -493,8 +495,9 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             duration_ms=outcome.duration_ms,
         )
         assert self.bridge is not None
-        self.bridge.on_tool_result(action.call_id, outcome.as_model_output(), record, time.monotonic())
-        await self._perform()
+        await self._perform(
+            self.bridge.on_tool_result(action.call_id, outcome.as_model_output(), record, time.monotonic())
+        )
 
     async def _transfer(self, action: Transfer) -> None:
         document = twiml.dial(action.number, caller_id=self.tool_context.from_number)
@@ -506,8 +509,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             ok, error = False, str(exc)
             logger.warning("call %s: transfer to %s failed: %s", self.call_sid, action.number, exc)
         assert self.bridge is not None
-        self.bridge.on_transfer_result(ok, error, time.monotonic())
-        await self._perform()
+        await self._perform(self.bridge.on_transfer_result(ok, error, time.monotonic()))
 
     def _request_end(self, end: EndCall) -> None:
         if self.finishing is None:
@@ -524,8 +526,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                 async with asyncio.timeout(TRANSCRIPT_GRACE_SECONDS):
                     await self.transcripts_settled.wait()
         if bridge is not None:
-            bridge.finish(time.monotonic())
-            await self._perform()
+            await self._perform(bridge.finish(time.monotonic()))
         for task in (self.ticker, *self.side_tasks):
             if task is not None:
                 task.cancel()
@@ -580,7 +581,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         bridge = getattr(self, "bridge", None)
         if bridge is not None and not self.twilio_closed:
-            bridge.on_stream_closed(time.monotonic())  # the caller's side closed, not us
+            # The caller's side closed, not us: nothing to send (there is no one to send it to).
+            bridge.on_stream_closed(time.monotonic())
         self.twilio_closed = True
         timer = getattr(self, "start_timer", None)
         if timer is not None:

@@ -8,7 +8,6 @@ is tested through it (tests/test_e2e_*.py).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 import time
@@ -19,7 +18,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from calls import model_endpoint, preconnect, realtime
-from calls.bridge_actions import EndCall
+from calls.bridge.actions import Action, EndCall
 from calls.models import EndedReason
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ class OpenAILink:
     preconnected: preconnect.PendingSession | None = None
 
     # Provided by MediaStreamConsumer.
-    async def _perform(self) -> None:
+    async def _perform(self, actions: list[Action]) -> None:
         raise NotImplementedError
 
     def _request_end(self, end: EndCall) -> None:
@@ -74,7 +73,7 @@ class OpenAILink:
             now = time.monotonic()
             if failure is None:  # replaced on purpose: connect again at once
                 logger.info("call %s: recycling the OpenAI session", self.call_sid)
-                self.bridge.on_openai_lost(now, "recycled", planned=True)
+                await self._perform(self.bridge.on_openai_lost(now, "recycled", planned=True))
                 continue
             fatal, detail = failure
             if now - started > STABLE_SESSION_SECONDS:
@@ -83,8 +82,7 @@ class OpenAILink:
                 self._request_end(EndCall(EndedReason.ERROR, detail))
                 return
             logger.warning("call %s: %s; reconnecting", self.call_sid, detail)
-            self.bridge.on_openai_lost(now, detail)
-            await self._perform()
+            await self._perform(self.bridge.on_openai_lost(now, detail))
             await asyncio.sleep(RECONNECT_DELAYS[failures])
             failures += 1
 
@@ -109,12 +107,10 @@ class OpenAILink:
             ws, configured = await self._connect_openai(url, api_key)
             async with ws:
                 self.openai_ws = ws
-                self.bridge.on_openai_connected(configured=configured)
-                await self._perform()
+                await self._perform(self.bridge.on_openai_connected(configured=configured))
                 handled = 0
                 async for message in ws:
-                    self._on_openai_message(message)
-                    await self._perform()
+                    await self._perform(self._on_openai_message(message))
                     handled += 1
                     if handled % OPENAI_BURST == 0:
                         # Let the transport flush and other calls' audio through. Yielding
@@ -137,20 +133,15 @@ class OpenAILink:
             return True, f"OpenAI refused the API key ({code} {reason})".strip()
         return code in FATAL_CLOSE_CODES, f"OpenAI closed the session ({code} {reason})".strip()
 
-    def _on_openai_message(self, message: str | bytes) -> None:
+    def _on_openai_message(self, message: str | bytes) -> list[Action]:
         assert self.bridge is not None
+        event = realtime.parse_server_event(message)
         try:
-            event = json.loads(message)
-        except ValueError:
-            logger.warning("call %s: OpenAI sent a frame that is not JSON", self.call_sid)
-            return
-        if not isinstance(event, dict):
-            return
-        try:
-            self.bridge.on_openai(event, time.monotonic())
+            return self.bridge.on_openai(event, time.monotonic())
         except Exception:
-            logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, event.get("type"))
-            self._request_end(EndCall(EndedReason.ERROR, "internal error in the bridge (see server log)"))
+            logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, type(event).__name__)
+            self._request_end(EndCall("error", "internal error in the bridge (see server log)"))
+            return []
 
     async def _send_openai(self, text: str) -> None:
         """Sent in the order the bridge decided, without a queue and sender task (their wake-up

@@ -1,12 +1,17 @@
 """OpenAI Realtime API, GA interface: session configuration and client events, sans-IO.
 
 Targets the GA shape (``session.type: "realtime"``, ``audio/pcmu``, nested ``audio``
-config, no ``OpenAI-Beta`` header). Server events are handled by ``calls.bridge``.
+config, no ``OpenAI-Beta`` header). Server events the bridge acts on are parsed here into
+small typed values (``parse_server_event``); every other event is ``Unknown`` and a frame
+that is not a well-formed event is ``Malformed``: parsing never raises, so one bad frame
+costs that frame, never the call. Field names follow ``openai.types.realtime`` (the
+official SDK), which the fake server checks every event against.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -195,3 +200,302 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
+
+
+# -- server events ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    """The session as the service will run it; ``problems``: what would stop audio passing."""
+
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    code: str
+    message: str
+    param: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    item_id: str
+    audio_start_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AudioCommitted:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemAdded:
+    """``conversation.item.added``: ``role`` is the item's (``user``, ``assistant``...) or ""."""
+
+    item_id: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCreated:
+    response_id: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputItemAdded:
+    """``item_type``: ``message`` (speech) or ``function_call``."""
+
+    response_id: str
+    item_id: str
+    item_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDelta:
+    response_id: str
+    item_id: str
+    delta: str  # base64 pcmu, forwarded to Twilio as is
+
+
+@dataclass(frozen=True, slots=True)
+class AudioDone:
+    item_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDelta:
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptDone:
+    item_id: str
+    transcript: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseDone:
+    response_id: str
+    output_item_ids: tuple[str, ...]
+    usage: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionCall:
+    """``response.function_call_arguments.done``: the model asks for a tool."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdleTimeout:
+    """``input_audio_buffer.timeout_triggered``: the service is prompting a silent caller."""
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionCompleted:
+    item_id: str
+    transcript: str
+    usage: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionFailed:
+    item_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An event the bridge does not act on (there are many: rate limits, content parts...)."""
+
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """Not an event: not JSON, not an object, no type, or a handled event missing a field."""
+
+    type: str
+    reason: str
+
+
+ServerEvent = (
+    AudioDelta
+    | SessionUpdated
+    | ServerError
+    | SpeechStarted
+    | SpeechStopped
+    | AudioCommitted
+    | ItemAdded
+    | ResponseCreated
+    | OutputItemAdded
+    | AudioDone
+    | TranscriptDelta
+    | TranscriptDone
+    | ResponseDone
+    | FunctionCall
+    | IdleTimeout
+    | TranscriptionCompleted
+    | TranscriptionFailed
+    | Unknown
+    | Malformed
+)
+
+
+class _MissingField(Exception):
+    pass
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    """An optional string field: "" when absent or null."""
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _MissingField(f"{key} is not a string")
+    return value
+
+
+def _required(data: Mapping[str, Any], key: str) -> str:
+    value = _text(data, key)
+    if not value:
+        raise _MissingField(f"no {key}")
+    return value
+
+
+def _object(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _session_updated(event: Mapping[str, Any]) -> SessionUpdated:
+    return SessionUpdated(tuple(session_problems(event.get("session"))))
+
+
+def _error(event: Mapping[str, Any]) -> ServerError:
+    error = _object(event, "error")
+    return ServerError(
+        code=str(error.get("code") or ""),
+        message=str(error.get("message") or "")[:500],
+        param=str(error.get("param") or ""),
+    )
+
+
+def _response_created(event: Mapping[str, Any]) -> ResponseCreated:
+    response = _object(event, "response")
+    metadata = _object(response, "metadata")
+    return ResponseCreated(
+        _text(response, "id"), {str(k): str(v) for k, v in metadata.items() if isinstance(v, str)}
+    )
+
+
+def _output_item_added(event: Mapping[str, Any]) -> OutputItemAdded:
+    item = _object(event, "item")
+    return OutputItemAdded(_text(event, "response_id"), _required(item, "id"), _text(item, "type"))
+
+
+def _item_added(event: Mapping[str, Any]) -> ItemAdded:
+    item = _object(event, "item")
+    return ItemAdded(_required(item, "id"), _text(item, "role"))
+
+
+def _response_done(event: Mapping[str, Any]) -> ResponseDone:
+    response = _object(event, "response")
+    output = response.get("output")
+    ids = tuple(
+        str(item["id"])
+        for item in (output if isinstance(output, list) else [])
+        if isinstance(item, dict) and item.get("id")
+    )
+    return ResponseDone(_text(response, "id"), ids, _object(response, "usage"))
+
+
+def _function_call(event: Mapping[str, Any]) -> FunctionCall:
+    return FunctionCall(
+        response_id=_text(event, "response_id"),
+        item_id=_text(event, "item_id"),
+        call_id=_required(event, "call_id"),
+        name=_text(event, "name"),
+        arguments=_text(event, "arguments"),
+    )
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
+    # The hot one first (dict order is irrelevant to lookup; listed for the reader).
+    "response.output_audio.delta": lambda e: AudioDelta(
+        _text(e, "response_id"), _required(e, "item_id"), _required(e, "delta")
+    ),
+    "session.updated": _session_updated,
+    "error": _error,
+    "input_audio_buffer.speech_started": lambda e: SpeechStarted(
+        _text(e, "item_id"), _int(e, "audio_start_ms")
+    ),
+    "input_audio_buffer.speech_stopped": lambda e: SpeechStopped(
+        _text(e, "item_id"), _int(e, "audio_end_ms")
+    ),
+    "input_audio_buffer.committed": lambda e: AudioCommitted(_text(e, "item_id")),
+    "input_audio_buffer.timeout_triggered": lambda e: IdleTimeout(),
+    "conversation.item.added": _item_added,
+    "response.created": _response_created,
+    "response.output_item.added": _output_item_added,
+    "response.output_audio.done": lambda e: AudioDone(_text(e, "item_id")),
+    "response.output_audio_transcript.delta": lambda e: TranscriptDelta(
+        _text(e, "item_id"), _text(e, "delta")
+    ),
+    "response.output_audio_transcript.done": lambda e: TranscriptDone(
+        _text(e, "item_id"), _text(e, "transcript")
+    ),
+    "response.done": _response_done,
+    "response.function_call_arguments.done": _function_call,
+    "conversation.item.input_audio_transcription.completed": lambda e: TranscriptionCompleted(
+        _text(e, "item_id"), _text(e, "transcript").strip(), _object(e, "usage")
+    ),
+    "conversation.item.input_audio_transcription.failed": lambda e: TranscriptionFailed(
+        _text(e, "item_id"), str(_object(e, "error").get("message") or "")
+    ),
+}
+
+
+def server_event(data: object) -> ServerEvent:
+    """A decoded JSON value as the event the bridge handles."""
+    if not isinstance(data, dict):
+        return Malformed("", "not a JSON object")
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        return Malformed("", "no event type")
+    parse = _PARSERS.get(kind)
+    if parse is None:
+        return Unknown(kind)
+    try:
+        return parse(data)
+    except _MissingField as exc:
+        return Malformed(kind, str(exc))
+
+
+def parse_server_event(message: str | bytes) -> ServerEvent:
+    """One WebSocket message from the service as a typed event; never raises."""
+    try:
+        data = json.loads(message)
+    except ValueError:  # UnicodeDecodeError included
+        return Malformed("", "not JSON")
+    return server_event(data)

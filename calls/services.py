@@ -23,7 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from calls import maintenance, model_endpoint, pricing, tools, twilio_rest, twiml
-from calls.bridge_actions import CallSummary, ToolCallRecord, TurnRecord
+from calls.bridge.actions import CallSummary, ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
     Agent,

@@ -27,7 +27,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from calls import model_endpoint, services, twilio_media
-from calls.bridge_actions import EndCall
+from calls.bridge.actions import EndCall
 from calls.consumers import MediaStreamConsumer
 from calls.live_page import can_monitor
 from calls.models import Agent

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from calls import twilio_media
 from calls.bridge import (
     CHUNK_CHARS,
-    CallBridge,
     EndCall,
     RecordError,
     SaveTurn,
@@ -19,6 +18,7 @@ from calls.bridge import (
     SendTwilio,
 )
 from calls.realtime import AgentConfig
+from tests.bridge_driver import DrivenBridge
 
 STREAM = "MZ" + "a" * 32
 AGENT = AgentConfig(
@@ -26,13 +26,13 @@ AGENT = AgentConfig(
 )
 
 
-def make_bridge(agent: AgentConfig = AGENT, *, now: float = 0.0) -> CallBridge:
-    bridge = CallBridge(agent, stream_sid=STREAM, call_sid="CA" + "1" * 32, now=now)
+def make_bridge(agent: AgentConfig = AGENT, *, now: float = 0.0) -> DrivenBridge:
+    bridge = DrivenBridge(agent, stream_sid=STREAM, call_sid="CA" + "1" * 32, now=now)
     bridge.drain()  # the round-trip probe mark
     return bridge
 
 
-def live_bridge(agent: AgentConfig = AGENT) -> CallBridge:
+def live_bridge(agent: AgentConfig = AGENT) -> DrivenBridge:
     bridge = make_bridge(agent)
     bridge.on_openai_connected()
     bridge.on_openai(session_updated(), 0.0)
@@ -75,7 +75,7 @@ def delta(item: str, audio: bytes, response: str = "resp_1") -> dict:
     }
 
 
-def start_response(bridge: CallBridge, item: str, response: str = "resp_1", now: float = 0.0) -> None:
+def start_response(bridge: DrivenBridge, item: str, response: str = "resp_1", now: float = 0.0) -> None:
     bridge.on_openai({"type": "response.created", "response": {"id": response}}, now)
     bridge.on_openai(
         {
@@ -136,7 +136,7 @@ def test_preconfigured_session_is_not_configured_again_and_goes_live_on_its_upda
     bridge.on_openai(session_updated(), 0.0)
     sent = openai_sent(bridge.drain())
     assert [e["type"] for e in sent] == ["input_audio_buffer.append", "response.create"]
-    assert bridge.live and bridge.sessions == 1
+    assert bridge.session_ready and bridge.sessions == 1
 
 
 def test_session_after_a_preconfigured_one_is_configured_as_usual():

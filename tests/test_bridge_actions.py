@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from calls import twilio_media
-from calls.bridge import CallBridge
-from calls.bridge_actions import EndCall, RunTool, SaveToolCall, SaveTurn, ToolCallRecord, Transfer
+from calls.bridge.actions import EndCall, RunTool, SaveToolCall, SaveTurn, ToolCallRecord, Transfer
 from calls.realtime import AgentConfig
+from tests.bridge_driver import DrivenBridge
 from tests.test_bridge import STREAM, delta, openai_sent, start_response, twilio_sent
 
 TOOLS = [
@@ -22,8 +22,8 @@ def agent(**overrides) -> AgentConfig:
     return AgentConfig(**options)
 
 
-def live(config: AgentConfig | None = None, now: float = 0.0) -> CallBridge:
-    bridge = CallBridge(config or agent(), stream_sid=STREAM, call_sid="CA" + "1" * 32, now=now)
+def live(config: AgentConfig | None = None, now: float = 0.0) -> DrivenBridge:
+    bridge = DrivenBridge(config or agent(), stream_sid=STREAM, call_sid="CA" + "1" * 32, now=now)
     bridge.on_openai_connected()
     bridge.on_openai(
         {

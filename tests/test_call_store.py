@@ -13,7 +13,7 @@ from itertools import islice
 import pytest
 from django.db import OperationalError, connection
 
-from calls.bridge_actions import SaveTurn, TurnRecord
+from calls.bridge.actions import SaveTurn, TurnRecord
 from calls.call_store import CallStore, StoreOutage, retry_delays
 from calls.models import Call, Role
 from tests.database_restart import DatabaseRestart, outage

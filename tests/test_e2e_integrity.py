@@ -15,7 +15,7 @@ import wave
 
 import pytest
 
-from calls import replay
+from calls.bridge import replay
 from calls.fakes.openai_realtime import FakeRealtimeServer, FakeSession, Reply, Script
 from calls.models import Agent, Call, EndedReason, Role
 from tests.test_e2e_bridge import caller_for, dial, speak

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from calls import replay
+from calls.bridge import replay
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallStatus, EndedReason, Role
 from tests.live import free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calls.playback import Playback
+from calls.bridge.playback import Playback
 
 CHUNK = 960  # 120 ms
 

@@ -9,20 +9,21 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calls import replay, twilio_media
-from calls.bridge import PREFIX_FRAMES, CallBridge
-from calls.bridge_actions import SaveTurn, ToolCallRecord
+from calls import twilio_media
+from calls.bridge import PREFIX_FRAMES, replay
+from calls.bridge.actions import SaveTurn, ToolCallRecord
+from tests.bridge_driver import DrivenBridge
 from tests.test_bridge import STREAM, delta, media, openai_sent, session_updated, start_response, twilio_sent
 from tests.test_bridge_actions import agent, function_call, live, response_done
 
 
-def echo_all_marks(bridge: CallBridge, actions: list, now: float) -> None:
+def echo_all_marks(bridge: DrivenBridge, actions: list, now: float) -> None:
     for message in twilio_sent(actions):
         if message["event"] == "mark":
             bridge.on_twilio(twilio_media.Mark(message["mark"]["name"], STREAM), now)
 
 
-def say(bridge: CallBridge, item: str, response: str, text: str, nbytes: int, now: float) -> list:
+def say(bridge: DrivenBridge, item: str, response: str, text: str, nbytes: int, now: float) -> list:
     """One agent answer streamed in full; returns the actions (to echo its marks)."""
     start_response(bridge, item, response, now)
     bridge.on_openai(delta(item, b"\x55" * nbytes, response), now)
@@ -33,7 +34,7 @@ def say(bridge: CallBridge, item: str, response: str, text: str, nbytes: int, no
     return bridge.drain()
 
 
-def caller_says(bridge: CallBridge, item: str, text: str | None, now: float) -> None:
+def caller_says(bridge: DrivenBridge, item: str, text: str | None, now: float) -> None:
     bridge.on_openai({"type": "input_audio_buffer.speech_started", "item_id": item, "audio_start_ms": 0}, now)
     bridge.on_openai({"type": "input_audio_buffer.speech_stopped", "item_id": item, "audio_end_ms": 900}, now)
     bridge.on_openai({"type": "input_audio_buffer.committed", "item_id": item}, now)
@@ -48,7 +49,7 @@ def caller_says(bridge: CallBridge, item: str, text: str | None, now: float) -> 
         )
 
 
-def reconnect(bridge: CallBridge, now: float) -> list[dict]:
+def reconnect(bridge: DrivenBridge, now: float) -> list[dict]:
     """Drop the session, open the next one; the replayed items it is sent."""
     bridge.on_openai_lost(now, "OpenAI closed the session (1011)")
     bridge.drain()
@@ -189,7 +190,7 @@ def test_after_a_committed_turn_nothing_is_sent_twice():
     assert reconnect_appends(bridge, 1.6) == []
 
 
-def reconnect_appends(bridge: CallBridge, now: float) -> list[bytes]:
+def reconnect_appends(bridge: DrivenBridge, now: float) -> list[bytes]:
     bridge.drain()
     bridge.on_openai_connected()
     bridge.on_openai(session_updated(), now)

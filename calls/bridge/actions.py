@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+# How a call ended, as the bridge decides it: the values of ``calls.models.EndedReason``
+# that come from inside a call (the others come from Twilio's status callbacks). Kept as
+# literals here so the core needs no Django; tests/test_bridge_actions.py checks they match.
+EndReason = Literal[
+    "caller_hung_up",
+    "agent_ended",
+    "transferred",
+    "time_limit",
+    "silence",
+    "operator_hung_up",
+    "error",
+    "server_restart",
+]
+TurnRole = Literal["caller", "agent"]
+TurnKind = Literal["speech", "dtmf"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,14 +35,14 @@ class SendOpenAI:
 @dataclass(frozen=True, slots=True)
 class TurnRecord:
     position: int
-    role: str  # "caller" | "agent"
+    role: TurnRole
     text: str
     item_id: str
     started_ms: int | None
     ended_ms: int | None
     interrupted: bool = False
     heard_ms: int | None = None
-    kind: str = "speech"  # "speech" | "dtmf"
+    kind: TurnKind = "speech"
     latency_ms: int | None = None  # agent turns: caller's end of speech -> first audio sent
 
 
@@ -96,13 +112,15 @@ class RecordError:
 
 @dataclass(frozen=True, slots=True)
 class EndCall:
-    reason: str  # an EndedReason value
+    reason: EndReason
     error: str = ""
     hang_up: bool = False  # also complete the call through Twilio's REST API
 
 
 Action = (
     SendTwilio
+    | AgentAudio
+    | AgentCut
     | SendOpenAI
     | SaveTurn
     | SaveToolCall
@@ -118,7 +136,7 @@ Action = (
 class CallSummary:
     """What the call record keeps of a finished call."""
 
-    reason: str
+    reason: EndReason
     error: str = ""
     usage: dict[str, Any] = field(default_factory=dict)
     transferred_to: str = ""

@@ -33,7 +33,6 @@ from calls.audio import BYTES_PER_SECOND
 # the recent samples is the best estimate of the link itself.
 _RTT_WINDOW = 32
 _MAX_RTT = 2.0
-_FORGET_FLUSHED_AFTER = 4096
 
 
 @dataclass(slots=True)
@@ -57,7 +56,6 @@ class Playback:
     def __init__(self) -> None:
         self.pending: deque[Chunk] = deque()
         self._names: dict[str, Chunk] = {}
-        self._flushed: set[str] = set()
         self.sent: dict[str, int] = {}  # item -> bytes sent
         self.confirmed: dict[str, int] = {}  # item -> bytes Twilio confirmed played
         self.rtt: float | None = None
@@ -104,7 +102,6 @@ class Playback:
         """Twilio echoed a mark. Returns the chunk if it was really played, else None."""
         chunk = self._names.get(name)
         if chunk is None:
-            self._flushed.discard(name)
             return None
         sample = now - chunk.run_started - chunk.run_bytes / BYTES_PER_SECOND
         self._rtt_samples.append(min(max(sample, 0.0), _MAX_RTT))
@@ -150,10 +147,6 @@ class Playback:
     def clear(self, now: float) -> dict[str, int]:
         """A ``clear`` is being sent: return what each interrupted item played, forget the rest."""
         heard = self.heard_at(now)
-        for chunk in self.pending:
-            self._flushed.add(chunk.name)
-        if len(self._flushed) > _FORGET_FLUSHED_AFTER:
-            self._flushed.clear()
         self.pending.clear()
         self._names.clear()
         self._anchor = now + self.delay
@@ -161,6 +154,3 @@ class Playback:
         for item, nbytes in heard.items():
             self.confirmed[item] = nbytes
         return heard
-
-    def was_flushed(self, name: str) -> bool:
-        return name in self._flushed
