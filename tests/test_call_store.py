@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
@@ -14,7 +13,7 @@ import pytest
 from django.db import OperationalError, connection
 
 from calls.bridge_actions import SaveTurn, TurnRecord
-from calls.call_store import CallStore, StoreOutage, retry_delays
+from calls.call_store import StoreOutage, TurnWriter, retry_delays
 from calls.models import Call, Role
 from tests.database_restart import DatabaseRestart, outage
 from tests.live import BackgroundLoop
@@ -56,19 +55,6 @@ def test_an_outage_is_one_warning_and_one_line_when_storing_has_caught_up(caplog
     ]
 
 
-class Store(CallStore):
-    """The writer's part of the consumer, with the state the consumer gives it."""
-
-    def __init__(self, call_sid: str) -> None:
-        self.call_sid = call_sid
-        self.bridge = None
-        self.to_database = asyncio.Queue()
-        self.writer = None
-        self.outage = StoreOutage(call_sid)
-        self.unstored = Counter()
-        self.recorder = self.wav = self.recording_flush = None
-
-
 def turn(position: int) -> SaveTurn:
     return SaveTurn(
         TurnRecord(
@@ -91,19 +77,18 @@ def test_the_writer_keeps_every_turn_in_order_through_a_restart(transactional_db
     # One worker thread: the connection the restart breaks is the one the next write uses.
     executor = ThreadPoolExecutor(1)
     background.loop.set_default_executor(executor)
-    store = Store(SID)
+    store = TurnWriter(SID)
     restart = DatabaseRestart()
 
     async def start() -> None:
-        store.writer = asyncio.create_task(store._write_database())
+        store.start()
 
     async def put(*actions: SaveTurn) -> None:
         for action in actions:
-            store._store_later(action)
+            store.store_later(action)
 
     async def end() -> None:
-        store.to_database.put_nowait(None)
-        await asyncio.wait_for(asyncio.shield(store.writer), 10)
+        await asyncio.wait_for(store.drain(), 10)
 
     try:
         background.run(start())
