@@ -91,6 +91,7 @@ class OpenAISessionRunner:
         # replayed start racing this stream finds nothing to close); used for the first session.
         self.preconnected: preconnect.PendingSession | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def connected(self) -> bool:
@@ -111,6 +112,7 @@ class OpenAISessionRunner:
 
     async def close(self) -> None:
         """The call is over: close the session (1000: it must not linger) and stop reading."""
+        self._closed = True  # that close is not a drop to reconnect after
         if self.openai_ws is not None:
             await self.openai_ws.close()
         if self._reader is not None:
@@ -127,10 +129,10 @@ class OpenAISessionRunner:
             return
         url = realtime.connect_url(where.url, agent.model)
         failures = 0
-        while not self._ending():
+        while not (self._closed or self._ending()):
             started = time.monotonic()
             failure = await self._session(url, where.api_key, agent)
-            if self._ending():
+            if self._closed or self._ending():
                 return
             if failure is None:  # replaced on purpose: connect again at once
                 logger.info("call %s: recycling the OpenAI session", self.call_sid)
