@@ -1,9 +1,7 @@
-"""What the media consumer keeps of a call while it runs: turns, tool calls and errors
-written in order by a writer task (never in the audio path; while the database is away they
-wait and are retried until it answers, never dropped), the call's end, and the recording,
-mixed and written in a worker thread once a second. A mixin of
-``calls.consumers.MediaStreamConsumer``; it uses the consumer's state declared below and
-is tested through it (tests/test_e2e_*.py, tests/test_recording.py).
+"""What the media consumer keeps of a call while it runs: ``TurnWriter`` writes turns, tool
+calls and errors in order from a task of its own (never in the audio path; while the database
+is away they wait and are retried until it answers, never dropped), then the call's end;
+``CallRecording`` mixes and writes the recording in a worker thread once a second.
 """
 
 from __future__ import annotations
@@ -12,21 +10,19 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError
 
 from calls import services
-from calls.bridge.actions import CallSummary, EndCall, RecordError, SaveToolCall, SaveTurn
+from calls.bridge.actions import CallSummary, RecordError, SaveToolCall, SaveTurn
 from calls.recording import Mixer, Recorder, WavFile
 from calls.threads import in_db_thread, in_thread
 
-if TYPE_CHECKING:
-    from calls.bridge import CallBridge
-
-__all__ = ["CallStore", "StoreOutage", "in_db_thread", "in_thread", "retry_delays"]
+__all__ = ["CallRecording", "StoreOutage", "TurnWriter", "in_db_thread", "in_thread", "retry_delays"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,28 +89,31 @@ class StoreOutage:
         self.since = self.resumed_at = None
 
 
-class CallStore:
-    # The consumer state this part reads and writes (set up in MediaStreamConsumer.connect).
-    call_sid: str
-    bridge: CallBridge | None
-    to_database: asyncio.Queue[StoreAction | None]
-    writer: asyncio.Task[None] | None
-    outage: StoreOutage
-    unstored: Counter[str]  # queued or being written, by kind; "call end" until finalised
-    recorder: Recorder | None
-    wav: WavFile | None
-    recording_flush: asyncio.Future[None] | None
+class TurnWriter:
+    """Stores a call's turns, tool calls and errors in the order they are handed over, then its
+    end; counts what is not stored yet, so a call that ends during an outage can say so."""
 
-    def _store_later(self, action: StoreAction) -> None:
+    def __init__(self, call_sid: str) -> None:
+        self.call_sid = call_sid
+        self.outage = StoreOutage(call_sid)
+        # Queued or being written, by kind; "call end" until the call is finalised.
+        self.unstored: Counter[str] = Counter()
+        self._queue: asyncio.Queue[StoreAction | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write())
+
+    def store_later(self, action: StoreAction) -> None:
         self.unstored[_KINDS[type(action)]] += 1
-        self.to_database.put_nowait(action)
+        self._queue.put_nowait(action)
 
-    def _unstored_description(self) -> str:
+    def unstored_description(self) -> str:
         counts = self.unstored.items()
         parts = [f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in counts if count]
         return ", ".join(parts) or "nothing"
 
-    async def _stored(self, what: str, service: Callable[..., Any], **kwargs: Any) -> bool:
+    async def stored(self, what: str, service: Callable[..., Any], **kwargs: Any) -> bool:
         """Run a database service until it succeeds, however long the database is away; False
         if the database refused the data itself (retrying cannot fix that)."""
         delays = retry_delays()
@@ -132,25 +131,25 @@ class CallStore:
             self.outage.stored(time.monotonic())
             return True
 
-    async def _write_database(self) -> None:
+    async def _write(self) -> None:
         """Store turns as they complete, in order; while the database is away they wait in the
         queue (never dropped) and the writer retries until it answers."""
         while True:
-            if self.to_database.empty():
+            if self._queue.empty():
                 self.outage.caught_up()
-            action = await self.to_database.get()
+            action = await self._queue.get()
             if action is None:
                 return
             kind = _KINDS[type(action)]
             try:
                 if isinstance(action, SaveTurn):
-                    await self._stored(kind, services.turn_record, call_sid=self.call_sid, turn=action.turn)
+                    await self.stored(kind, services.turn_record, call_sid=self.call_sid, turn=action.turn)
                 elif isinstance(action, SaveToolCall):
-                    await self._stored(
+                    await self.stored(
                         kind, services.tool_call_record, call_sid=self.call_sid, record=action.record
                     )
                 else:
-                    await self._stored(
+                    await self.stored(
                         kind, services.call_record_error, call_sid=self.call_sid, message=action.message
                     )
             except Exception:
@@ -158,66 +157,88 @@ class CallStore:
             finally:
                 self.unstored[kind] -= 1
 
-    async def _store_the_end(self, end: EndCall) -> None:
+    async def drain(self) -> None:
+        """Store everything handed over so far, then stop: nothing more can be handed over."""
+        self._queue.put_nowait(None)
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def store_the_end(self, summary: CallSummary, recording: CallRecording | None = None) -> None:
         """Everything queued, then the recording, then the call's end: each waits for the
         database if it is away, so the call is never left "in progress" by an outage."""
         self.unstored["call end"] = 1
-        self.to_database.put_nowait(None)
-        if self.writer is not None:
-            await asyncio.gather(self.writer, return_exceptions=True)
-        await self._finish_recording()
-        bridge = self.bridge
-        summary = bridge.summary(end) if bridge else CallSummary(end.reason, end.error)
+        await self.drain()
+        if recording is not None and recording.wav is not None:
+            self.unstored["recording"] = 1
+            try:
+                await recording.finish(self._save_recording)
+            finally:
+                self.unstored["recording"] = 0
         try:
-            await self._stored("call end", services.call_finalize, call_sid=self.call_sid, summary=summary)
+            await self.stored("call end", services.call_finalize, call_sid=self.call_sid, summary=summary)
         except Exception:
             logger.exception("call %s: could not finalise the call", self.call_sid)
         self.unstored["call end"] = 0
         self.outage.caught_up()
 
-    async def _start_recording(self, now: float) -> None:
-        assert self.bridge is not None
+    async def _save_recording(self, path: Path) -> bool:
+        return await self.stored("recording", services.call_save_recording, call_sid=self.call_sid, path=path)
+
+
+class CallRecording:
+    """The call's recording on local disk while the call runs, then handed to storage. Noting
+    audio is an append (``recorder``, None while not recording); mixing and writing happen in
+    a worker thread once a second (``record``) and at the end (``finish``)."""
+
+    def __init__(self, call_sid: str) -> None:
+        self.call_sid = call_sid
+        self.wav: WavFile | None = None
+        # Checked for every frame on the audio path: an attribute, not a method call.
+        self.recorder: Recorder | None = None
+        self._flush: asyncio.Future[None] | None = None
+
+    async def start(self, now: float) -> bool:
+        """Open the file; False if it cannot be (the call goes on without a recording)."""
         path = settings.RECORDING_WORK_DIR / f"{self.call_sid}.wav"
         try:
             self.wav = await in_thread(WavFile)(path)
         except OSError as exc:  # a full disk costs the recording, never the call
             logger.error("call %s: cannot record (%s)", self.call_sid, exc)
-            return
+            return False
         self.recorder = Recorder(Mixer(started_at=now), self.wav)
-        self.bridge.record_audio = True
+        return True
 
-    async def _record(self, recorder: Recorder, now: float) -> None:
+    async def record(self, now: float) -> None:
+        """Write what is final up to ``now`` (the ticker calls this once a second)."""
+        recorder = self.recorder
+        if recorder is None:
+            return
         # Mixing, conversion and file I/O in a worker thread, off the audio loop. Shielded: a
         # batch taken must be written even if the ticker is cancelled as the call ends.
-        self.recording_flush = asyncio.ensure_future(in_thread(recorder.flush)(recorder.batch(), now))
+        self._flush = asyncio.ensure_future(in_thread(recorder.flush)(recorder.batch(), now))
         try:
-            await asyncio.shield(self.recording_flush)
+            await asyncio.shield(self._flush)
         except OSError as exc:
             logger.error("call %s: recording stopped (%s)", self.call_sid, exc)
             self.recorder = None  # what was written so far is still stored at the end
 
-    async def _finish_recording(self) -> None:
-        """Write what is left, close the file and hand it to the storage backend."""
+    async def finish(self, save: Callable[[Path], Awaitable[bool]]) -> None:
+        """Write what is left, close the file and hand it to ``save`` (True once stored, and
+        the local file is then deleted)."""
         wav, recorder = self.wav, self.recorder
         if wav is None:
             return
         self.wav = self.recorder = None
-        self.unstored["recording"] = 1
-        if self.recording_flush is not None:  # batches are written one at a time, in order
-            await asyncio.gather(self.recording_flush, return_exceptions=True)
+        if self._flush is not None:  # batches are written one at a time, in order
+            await asyncio.gather(self._flush, return_exceptions=True)
         try:
             if recorder is not None:
                 await in_thread(recorder.flush)(recorder.batch(), None)
             await in_thread(wav.close)()
-            saved = await self._stored(
-                "recording", services.call_save_recording, call_sid=self.call_sid, path=wav.path
-            )
-            if saved:
+            if await save(wav.path):
                 await in_thread(wav.path.unlink)()
         except OSError as exc:
             # The partial file stays on disk (its header keeps it playable) for recovery.
             logger.error(
                 "call %s: could not store the recording (%s); kept at %s", self.call_sid, exc, wav.path
             )
-        finally:
-            self.unstored["recording"] = 0

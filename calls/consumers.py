@@ -3,8 +3,8 @@
 Thin on purpose: protocol decisions live in ``calls.bridge`` (sans-IO). This module
 accepts, authenticates, forwards, runs the relay tasks and ends the call. Twilio frames
 are handled in one plain loop and forwarded to OpenAI as they come; events from OpenAI are
-read by a reader task (``calls.openai_link``), channel-layer messages by another, and turns
-and the recording are stored by ``calls.call_store``, never in the audio path.
+read by the session runner's task (``calls.openai_link``), channel-layer messages by another,
+and turns and the recording are stored by ``calls.call_store``, never in the audio path.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.exceptions import StopConsumer
@@ -24,12 +23,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError
 
-from calls import live, preconnect, services, tools, twilio_media, twilio_rest, twiml
-from calls.bridge import CallBridge
+from calls import live, preconnect, realtime, services, tools, twilio_media, twilio_rest, twiml
+from calls.bridge import MAX_EARLY_FRAMES, CallBridge
 from calls.bridge.actions import (
     Action,
     AgentAudio,
     AgentCut,
+    CallSummary,
     EndCall,
     RecordError,
     RecycleSession,
@@ -41,10 +41,9 @@ from calls.bridge.actions import (
     ToolCallRecord,
     Transfer,
 )
-from calls.call_store import CallStore, StoreOutage, in_db_thread, in_thread, retry_delays
+from calls.call_store import CallRecording, TurnWriter, in_db_thread, in_thread, retry_delays
 from calls.models import EndedReason
-from calls.openai_link import OpenAILink
-from calls.recording import Recorder, WavFile
+from calls.openai_link import OpenAISessionRunner
 from calls.signatures import websocket_signature_valid
 
 logger = logging.getLogger(__name__)
@@ -56,7 +55,6 @@ CLOSE_BAD_STREAM = 4400
 # The call ended because of an error on our side or OpenAI's (daphne allows 1000 or 3000-4999).
 CLOSE_CALL_FAILED = 4500
 START_TIMEOUT = 5.0
-MAX_EARLY_FRAMES = 500
 # Before ``start`` the socket is only signature-checked (and that signature is the same for
 # every call): keep real-sized frames only, so early buffering stays bounded (~150 KB).
 MAX_EARLY_PAYLOAD_CHARS = 1024
@@ -77,7 +75,7 @@ TICK_SECONDS = 0.25
 RECORD_EVERY_TICKS = 4
 
 
-class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
+class MediaStreamConsumer(AsyncWebsocketConsumer):
     call_sid = "-"
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -120,7 +118,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         stopping = not (self.twilio_closed and self.finishing is not None)
         if stopping:
             logger.warning("call %s: server stopping; ending the call", self.call_sid)
-            self._request_end(EndCall(EndedReason.SERVER_RESTART, "the server stopped during the call"))
+            self._request_end(EndCall("server_restart", "the server stopped during the call"))
         else:
             logger.info(
                 "call %s: cancelled by daphne while the call's end was being stored; storing goes on",
@@ -139,8 +137,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                 self.call_sid,
                 SHUTDOWN_GRACE_SECONDS,
                 "the server began stopping" if stopping else "daphne cancelled it",
-                "unavailable" if self.outage.paused else "slow",
-                self._unstored_description(),
+                "unavailable" if self.store.outage.paused else "slow",
+                self.store.unstored_description(),
             )
 
     async def _receive_from_layer(self) -> None:
@@ -170,18 +168,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         self.bridge: CallBridge | None = None
         self.early: list[twilio_media.Media] = []
         self.bad_frames = 0
-        self.reader: asyncio.Task[None] | None = None
-        self.writer: asyncio.Task[None] | None = None
         self.twilio_closed = False
-        self.to_database: asyncio.Queue[SaveTurn | SaveToolCall | RecordError | None] = asyncio.Queue()
-        self.outage = StoreOutage(self.call_sid)
-        self.unstored: Counter[str] = Counter()
         self.ticker: asyncio.Task[None] | None = None
-        self.openai_ws: Any = None
-        self.recycling = False
-        self.recorder: Recorder | None = None
-        self.wav: WavFile | None = None
-        self.recording_flush: asyncio.Future[None] | None = None
         self.in_call_group = False
         self.transcripts_settled = asyncio.Event()
         self.side_tasks: set[asyncio.Task[None]] = set()  # tools and REST calls in flight
@@ -226,8 +214,9 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if getattr(event, "stream_sid", self.bridge.stream_sid) not in ("", self.bridge.stream_sid):
             self._bad_frame("streamSid of another stream")
             return
-        if self.recorder is not None and isinstance(event, twilio_media.Media):
-            self.recorder.caller(event.payload, event.timestamp_ms)
+        recorder = self.recording.recorder
+        if recorder is not None and isinstance(event, twilio_media.Media):
+            recorder.caller(event.payload, event.timestamp_ms)
         try:
             actions = self.bridge.on_twilio(event, time.monotonic())
         except Exception:
@@ -279,7 +268,17 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
 
     async def _start(self, start: twilio_media.Start) -> None:
         self.call_sid = start.call_sid[:64]
-        self.outage = StoreOutage(self.call_sid)
+        # What the call is made of, each owning its state (the bridge comes once authenticated).
+        self.openai = OpenAISessionRunner(
+            self.call_sid,
+            on_connected=self._openai_connected,
+            on_event=self._openai_event,
+            on_lost=self._openai_lost,
+            request_end=self._request_end,
+            ending=self._ending,
+        )
+        self.store = TurnWriter(self.call_sid)
+        self.recording = CallRecording(self.call_sid)
         if not twilio_media.valid_sid(start.stream_sid) or start.encoding != "audio/x-mulaw":
             self._release_preconnected(start, "unexpected stream")
             await self._reject(f"unexpected stream ({start.encoding})", CLOSE_BAD_STREAM)
@@ -342,7 +341,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             return None
         # Ours now: claimed before anything else can run, so a replay of this start (refused
         # above, its token spent) cannot close the session this call is about to use.
-        self.preconnected = preconnect.claim(start.call_sid)
+        self.openai.claim_preconnected(start.call_sid)
         return call
 
     async def _begin(self, call: Any, start: twilio_media.Start) -> None:
@@ -352,10 +351,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                 services.call_stream_started, call=call, stream_sid=start.stream_sid
             )
         except services.WebhookError as exc:
-            if self.preconnected is not None:  # authenticated: the session was this call's
-                logger.info("call %s: closing its pre-connected OpenAI session: %s", self.call_sid, exc)
-                pending, self.preconnected = self.preconnected, None
-                await pending.discard()
+            await self.openai.discard_preconnected(str(exc))  # authenticated: it was this call's
             await self._reject(str(exc), CLOSE_BAD_STREAM)
             return
         self.tool_context = tools.ToolContext(
@@ -367,17 +363,18 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         now = time.monotonic()
         self.bridge = CallBridge(agent, stream_sid=start.stream_sid, call_sid=self.call_sid, now=now)
         actions = self.bridge.start(now)
-        if agent.record:
-            await self._start_recording(now)
+        if agent.record and await self.recording.start(now):
+            self.bridge.record_audio = True
+        recorder = self.recording.recorder
         for media in self.early:
-            if self.recorder is not None:
-                self.recorder.caller(media.payload, media.timestamp_ms)
+            if recorder is not None:
+                recorder.caller(media.payload, media.timestamp_ms)
             actions += self.bridge.on_twilio(media, now)
         self.early.clear()
         await self._join_call_group(call)
         logger.info("call %s: stream %s started (model %s)", self.call_sid, start.stream_sid, agent.model)
-        self.reader = asyncio.create_task(self._run_openai(agent))
-        self.writer = asyncio.create_task(self._write_database())
+        self.openai.start(agent)
+        self.store.start()
         self.ticker = asyncio.create_task(self._tick())
         await self._perform(actions)
 
@@ -412,7 +409,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if self.bridge is None:
             return
         logger.info("call %s: hung up by %s", self.call_sid, str(event.get("by", "an operator"))[:64])
-        self._request_end(EndCall(EndedReason.OPERATOR, hang_up=True))
+        self._request_end(EndCall("operator_hung_up", hang_up=True))
 
     async def _perform(self, actions: list[Action]) -> None:
         """Carry out what the bridge decided, without waiting on OpenAI or the database."""
@@ -424,25 +421,25 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             if isinstance(action, SendTwilio):
                 await self._send_twilio(action.text)
             elif isinstance(action, SendOpenAI):
-                await self._send_openai(action.text)
+                await self.openai.send(action.text)
             elif isinstance(action, AgentAudio):
-                if self.recorder is not None:
-                    self.recorder.agent(action.payload, action.starts)
+                if self.recording.recorder is not None:
+                    self.recording.recorder.agent(action.payload, action.starts)
             elif isinstance(action, AgentCut):
-                if self.recorder is not None:
-                    self.recorder.cut_agent(action.at)
+                if self.recording.recorder is not None:
+                    self.recording.recorder.cut_agent(action.at)
             elif isinstance(action, SaveTurn):
-                self._store_later(action)
+                self.store.store_later(action)
                 if self.in_call_group:
                     self._side_task(live.publish(live.turn_event(action.turn, self.call_sid)))
             elif isinstance(action, SaveToolCall | RecordError):
-                self._store_later(action)
+                self.store.store_later(action)
             elif isinstance(action, RunTool):
                 self._side_task(self._run_tool(action))
             elif isinstance(action, Transfer):
                 self._side_task(self._transfer(action))
             elif isinstance(action, RecycleSession):
-                self._side_task(self._recycle())
+                self._side_task(self.openai.recycle())
             elif isinstance(action, EndCall):
                 self._request_end(action)
 
@@ -466,7 +463,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             self.twilio_closed = True
             logger.info("call %s: Twilio socket already closed (%s)", self.call_sid, type(exc).__name__)
 
-    def _side_task(self, coroutine: Any) -> None:
+    def _side_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self.side_tasks.add(task)
         task.add_done_callback(self.side_tasks.discard)
@@ -480,8 +477,8 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
             now = time.monotonic()
             await self._perform(self.bridge.on_tick(now))
             ticks += 1
-            if self.recorder is not None and ticks % RECORD_EVERY_TICKS == 0:
-                await self._record(self.recorder, now)
+            if ticks % RECORD_EVERY_TICKS == 0:
+                await self.recording.record(now)
 
     async def _run_tool(self, action: RunTool) -> None:
         outcome = await tools.run_tool(action.name, action.arguments, self.tool_context)
@@ -511,6 +508,28 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         assert self.bridge is not None
         await self._perform(self.bridge.on_transfer_result(ok, error, time.monotonic()))
 
+    async def _openai_connected(self, configured: bool) -> None:
+        assert self.bridge is not None
+        await self._perform(self.bridge.on_openai_connected(configured=configured))
+
+    async def _openai_event(self, event: realtime.ServerEvent) -> None:
+        assert self.bridge is not None
+        try:
+            actions = self.bridge.on_openai(event, time.monotonic())
+        except Exception:
+            logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, type(event).__name__)
+            self._request_end(EndCall("error", "internal error in the bridge (see server log)"))
+            return
+        await self._perform(actions)
+
+    async def _openai_lost(self, detail: str, planned: bool) -> None:
+        assert self.bridge is not None
+        await self._perform(self.bridge.on_openai_lost(time.monotonic(), detail, planned=planned))
+
+    def _ending(self) -> bool:
+        """No new OpenAI session for a call that is ending."""
+        return self.finishing is not None or (self.bridge is not None and self.bridge.ended is not None)
+
     def _request_end(self, end: EndCall) -> None:
         if self.finishing is None:
             self.finishing = asyncio.create_task(self._finish(end))
@@ -518,7 +537,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
     async def _finish(self, end: EndCall) -> None:
         """End the call once, whichever side ended it: store the rest, close both sockets."""
         bridge = self.bridge
-        if bridge is not None and bridge.awaiting_transcripts and self.openai_ws is not None:
+        if bridge is not None and bridge.awaiting_transcripts and self.openai.connected:
             # The caller often hangs up right after speaking ("thanks, bye"): their words are
             # still being transcribed. Give that a moment before closing the session.
             self.transcripts_settled.clear()
@@ -530,13 +549,10 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         for task in (self.ticker, *self.side_tasks):
             if task is not None:
                 task.cancel()
-        if self.openai_ws is not None:
-            await self.openai_ws.close()  # 1000: we are done, the session must not linger
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
+        await self.openai.close()
         # Everything queued so far is written before the call is finalised.
-        storing = asyncio.ensure_future(self._store_the_end(end))
+        summary = bridge.summary(end) if bridge is not None else CallSummary(end.reason, end.error)
+        storing = asyncio.ensure_future(self.store.store_the_end(summary, self.recording))
         if not self.twilio_closed or end.hang_up:
             try:
                 async with asyncio.timeout(END_STORED_WAIT_SECONDS):
@@ -545,7 +561,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
                 logger.warning(
                     "call %s: ending the call before it is stored (not yet stored: %s); storing goes on",
                     self.call_sid,
-                    self._unstored_description(),
+                    self.store.unstored_description(),
                 )
         if end.hang_up:
             await self._hang_up()
@@ -581,7 +597,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         bridge = getattr(self, "bridge", None)
         if bridge is not None and not self.twilio_closed:
-            # The caller's side closed, not us: nothing to send (there is no one to send it to).
+            # The caller's side closed, not us: nothing is left to send to it.
             bridge.on_stream_closed(time.monotonic())
         self.twilio_closed = True
         timer = getattr(self, "start_timer", None)
@@ -590,7 +606,7 @@ class MediaStreamConsumer(OpenAILink, CallStore, AsyncWebsocketConsumer):
         if getattr(self, "bridge", None) is None:
             return
         if self.finishing is None:
-            self._request_end(EndCall(EndedReason.CALLER_HUNG_UP))
+            self._request_end(EndCall("caller_hung_up"))
         assert self.finishing is not None
         # Shielded: daphne cancels a consumer that outlives its socket by its close timeout, and
         # that must not cancel the storing of the call (turns queued, recording, finalising).

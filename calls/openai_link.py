@@ -1,8 +1,10 @@
-"""The media consumer's link to OpenAI Realtime: one session at a time for the call, kept up
-through drops (the bridge replays the conversation), replaced on purpose before its time
-limit, and given up after repeated failures or a refusal that retrying cannot fix. A mixin
-of ``calls.consumers.MediaStreamConsumer``; it uses the consumer's state declared below and
-is tested through it (tests/test_e2e_*.py).
+"""A call's link to OpenAI Realtime: one session at a time, kept up through drops (the bridge
+replays the conversation), replaced on purpose before its time limit, and given up after
+repeated failures or a refusal that retrying cannot fix.
+
+``reconnect_delay`` is the retry policy, pure so it can be tested on its own;
+``OpenAISessionRunner`` owns the socket and the reconnect loop, and tells the consumer what
+happened through the callbacks it was built with (the consumer feeds the bridge).
 """
 
 from __future__ import annotations
@@ -11,18 +13,16 @@ import asyncio
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from calls import model_endpoint, preconnect, realtime
-from calls.bridge.actions import Action, EndCall
-from calls.models import EndedReason
-
-if TYPE_CHECKING:
-    from calls.bridge import CallBridge
+from calls.bridge.actions import EndCall
 
 logger = logging.getLogger(__name__)
 
@@ -36,81 +36,141 @@ FATAL_CLOSE_CODES = frozenset({3000, 4000})
 OPENAI_BURST = 16
 
 
-class OpenAILink:
-    # The consumer state this part reads and writes (set up in MediaStreamConsumer.connect).
-    call_sid: str
-    bridge: CallBridge | None
-    finishing: asyncio.Task[None] | None
-    openai_ws: Any
-    recycling: bool
-    # The session the webhook opened, claimed as soon as the stream authenticated (so that a
-    # replayed start racing this stream finds nothing to close); used for the first session.
-    preconnected: preconnect.PendingSession | None = None
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """What to do after a session failed: wait ``delay`` seconds and connect again, with
+    ``failures`` failures now counted in a row; or, if ``delay`` is None, end the call."""
 
-    # Provided by MediaStreamConsumer.
-    async def _perform(self, actions: list[Action]) -> None:
-        raise NotImplementedError
+    delay: float | None
+    failures: int
 
-    def _request_end(self, end: EndCall) -> None:
-        raise NotImplementedError
+    @property
+    def gives_up(self) -> bool:
+        return self.delay is None
 
-    async def _run_openai(self, agent: realtime.AgentConfig) -> None:
+
+def reconnect_delay(failures: int, lived_seconds: float, fatal: bool) -> Reconnect:
+    """The retry policy, given the failures so far in a row, how long the failed session
+    lived and whether its failure is one retrying cannot fix (a refused key)."""
+    if lived_seconds > STABLE_SESSION_SECONDS:
+        failures = 0  # it was healthy: this drop starts a new run of failures
+    if fatal or failures >= len(RECONNECT_DELAYS):
+        return Reconnect(None, failures)
+    return Reconnect(RECONNECT_DELAYS[failures], failures + 1)
+
+
+class OpenAISessionRunner:
+    """Runs the call's OpenAI sessions, one after another, until the call ends.
+
+    The consumer is told of each session (``on_connected``), each event (``on_event``) and
+    each loss (``on_lost``), and asked to end the call (``request_end``); ``ending`` answers
+    whether it already is ending, so no new session is opened for it."""
+
+    def __init__(
+        self,
+        call_sid: str,
+        *,
+        on_connected: Callable[[bool], Awaitable[None]],
+        on_event: Callable[[realtime.ServerEvent], Awaitable[None]],
+        on_lost: Callable[[str, bool], Awaitable[None]],
+        request_end: Callable[[EndCall], None],
+        ending: Callable[[], bool],
+    ) -> None:
+        self.call_sid = call_sid
+        self._on_connected = on_connected
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._request_end = request_end
+        self._ending = ending
+        self.openai_ws: ClientConnection | None = None
+        self.recycling = False
+        # The session the webhook opened, claimed as soon as the stream authenticated (so that a
+        # replayed start racing this stream finds nothing to close); used for the first session.
+        self.preconnected: preconnect.PendingSession | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self.openai_ws is not None
+
+    def claim_preconnected(self, call_sid: str) -> None:
+        self.preconnected = preconnect.claim(call_sid)
+
+    async def discard_preconnected(self, why: str) -> None:
+        """The call will not run: close the session its webhook opened, if this stream has it."""
+        if self.preconnected is not None:
+            logger.info("call %s: closing its pre-connected OpenAI session: %s", self.call_sid, why)
+            pending, self.preconnected = self.preconnected, None
+            await pending.discard()
+
+    def start(self, agent: realtime.AgentConfig) -> None:
+        self._reader = asyncio.create_task(self._run(agent))
+
+    async def close(self) -> None:
+        """The call is over: close the session (1000: it must not linger) and stop reading."""
+        self._closed = True  # that close is not a drop to reconnect after
+        if self.openai_ws is not None:
+            await self.openai_ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _run(self, agent: realtime.AgentConfig) -> None:
         """Keep the call connected to OpenAI until the call ends."""
-        assert self.bridge is not None
         try:
             where = await model_endpoint.endpoint()
         except model_endpoint.EndpointError as exc:
             logger.error("call %s: %s", self.call_sid, exc)
-            self._request_end(EndCall(EndedReason.ERROR, str(exc)))
+            self._request_end(EndCall("error", str(exc)))
             return
         url = realtime.connect_url(where.url, agent.model)
         failures = 0
-        while self.finishing is None:
+        while not (self._closed or self._ending()):
             started = time.monotonic()
-            failure = await self._openai_session(url, where.api_key)
-            if self.finishing is not None or self.bridge.ended is not None:
+            failure = await self._session(url, where.api_key, agent)
+            if self._closed or self._ending():
                 return
-            now = time.monotonic()
             if failure is None:  # replaced on purpose: connect again at once
                 logger.info("call %s: recycling the OpenAI session", self.call_sid)
-                await self._perform(self.bridge.on_openai_lost(now, "recycled", planned=True))
+                await self._on_lost("recycled", True)
                 continue
             fatal, detail = failure
-            if now - started > STABLE_SESSION_SECONDS:
-                failures = 0
-            if fatal or failures >= len(RECONNECT_DELAYS):
-                self._request_end(EndCall(EndedReason.ERROR, detail))
+            decision = reconnect_delay(failures, time.monotonic() - started, fatal)
+            if decision.delay is None:
+                self._request_end(EndCall("error", detail))
                 return
             logger.warning("call %s: %s; reconnecting", self.call_sid, detail)
-            await self._perform(self.bridge.on_openai_lost(now, detail))
-            await asyncio.sleep(RECONNECT_DELAYS[failures])
-            failures += 1
+            await self._on_lost(detail, False)
+            await asyncio.sleep(decision.delay)
+            failures = decision.failures
 
-    async def _connect_openai(self, url: str, api_key: str) -> tuple[Any, bool]:
+    async def _connect(
+        self, url: str, api_key: str, agent: realtime.AgentConfig
+    ) -> tuple[ClientConnection, bool]:
         """The call's first session may be the one its webhook opened (calls/preconnect.py),
         already configured; reconnects and recycles, or no usable one, connect afresh.
         Returns the socket and whether its session.update was already sent."""
-        assert self.bridge is not None
         pending, self.preconnected = self.preconnected, None
         if pending is not None:
-            ws = await pending.connection(self.bridge.agent, timeout=OPENAI_CONNECT_TIMEOUT)
+            ws = await pending.connection(agent, timeout=OPENAI_CONNECT_TIMEOUT)
             if ws is not None:
                 return ws, True
         ws = await preconnect.open_session(url, api_key, timeout=OPENAI_CONNECT_TIMEOUT)
         return ws, False
 
-    async def _openai_session(self, url: str, api_key: str) -> tuple[bool, str] | None:
+    async def _session(self, url: str, api_key: str, agent: realtime.AgentConfig) -> tuple[bool, str] | None:
         """Run one OpenAI session. None if we closed it on purpose, else (fatal, why)."""
-        assert self.bridge is not None
         self.recycling = False
         try:
-            ws, configured = await self._connect_openai(url, api_key)
+            ws, configured = await self._connect(url, api_key, agent)
             async with ws:
                 self.openai_ws = ws
-                await self._perform(self.bridge.on_openai_connected(configured=configured))
+                await self._on_connected(configured)
                 handled = 0
                 async for message in ws:
-                    await self._perform(self._on_openai_message(message))
+                    # Parsed here, never raising; the bridge's decisions are carried out in it.
+                    await self._on_event(realtime.parse_server_event(message))
                     handled += 1
                     if handled % OPENAI_BURST == 0:
                         # Let the transport flush and other calls' audio through. Yielding
@@ -133,17 +193,7 @@ class OpenAILink:
             return True, f"OpenAI refused the API key ({code} {reason})".strip()
         return code in FATAL_CLOSE_CODES, f"OpenAI closed the session ({code} {reason})".strip()
 
-    def _on_openai_message(self, message: str | bytes) -> list[Action]:
-        assert self.bridge is not None
-        event = realtime.parse_server_event(message)
-        try:
-            return self.bridge.on_openai(event, time.monotonic())
-        except Exception:
-            logger.exception("call %s: bridge failed on OpenAI event %s", self.call_sid, type(event).__name__)
-            self._request_end(EndCall("error", "internal error in the bridge (see server log)"))
-            return []
-
-    async def _send_openai(self, text: str) -> None:
+    async def send(self, text: str) -> None:
         """Sent in the order the bridge decided, without a queue and sender task (their wake-up
         per frame cost ~6 % of the loop at 100 calls). Without a live session the message is
         moot: the bridge keeps caller audio and replays the conversation when one is back."""
@@ -155,7 +205,8 @@ class OpenAILink:
         except ConnectionClosed:  # imported, not ``websockets.X``: that is a lazy import each time
             return  # the session reader sees the close and reconnects
 
-    async def _recycle(self) -> None:
+    async def recycle(self) -> None:
+        """Replace the session now (the bridge asks before OpenAI's session time limit)."""
         if self.openai_ws is not None:
             self.recycling = True
             await self.openai_ws.close()
