@@ -10,6 +10,7 @@ happened through the callbacks it was built with (the consumer feeds the bridge)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -167,17 +168,22 @@ class OpenAISessionRunner:
             async with ws:
                 self.openai_ws = ws
                 await self._on_connected(configured)
-                handled = 0
-                async for message in ws:
-                    # Parsed here, never raising; the bridge's decisions are carried out in it.
-                    await self._on_event(realtime.parse_server_event(message))
-                    handled += 1
-                    if handled % OPENAI_BURST == 0:
-                        # Let the transport flush and other calls' audio through. Yielding
-                        # after every event put each delta of a burst a whole loop round
-                        # behind the last: at 200 calls, OpenAI->caller p99 555-1570 ms
-                        # against 208-230 ms this way.
-                        await asyncio.sleep(0)
+                # websockets ends the loop quietly only on 1000/1001; any other close (1011,
+                # OpenAI's 3000 for a bad key, 4000 for the beta shape, a drop without a close
+                # frame: 1006) raises. Its code is on ``ws``, read below: caught here, a fatal
+                # code ends the call at once instead of being retried as unreachable.
+                with contextlib.suppress(ConnectionClosed):
+                    handled = 0
+                    async for message in ws:
+                        # Parsed here, never raising; the bridge's decisions are carried out in it.
+                        await self._on_event(realtime.parse_server_event(message))
+                        handled += 1
+                        if handled % OPENAI_BURST == 0:
+                            # Let the transport flush and other calls' audio through. Yielding
+                            # after every event put each delta of a burst a whole loop round
+                            # behind the last: at 200 calls, OpenAI->caller p99 555-1570 ms
+                            # against 208-230 ms this way.
+                            await asyncio.sleep(0)
         except InvalidStatus as exc:
             status = exc.response.status_code
             refused = "the API key" if status == 401 else "the connection"

@@ -159,8 +159,32 @@ def test_a_dropped_session_is_reported_then_replaced(loop, openai_at_fake):
     consumer = loop.run(scenario())
     connected, (lost, detail, planned), reconnected = consumer.told
     assert connected == reconnected == ("connected", False)
-    assert (lost, planned) == ("lost", False) and "1011" in detail
+    assert (lost, planned) == ("lost", False)
+    assert detail.startswith("OpenAI closed the session (1011")  # its close code, read from the socket
     assert consumer.ended == []
+
+
+def test_a_close_that_retrying_cannot_fix_ends_the_call_without_reconnecting(loop, openai_at_fake):
+    # 4000: the service refuses the beta shape. websockets raises on any close but
+    # 1000/1001, which once hid this code and had the call retry three times.
+    fake = openai_at_fake
+    first = len(fake.sessions)
+
+    async def scenario() -> Consumer:
+        consumer = Consumer()
+        runner = consumer.runner()
+        runner.start(AGENT)
+        await consumer.until(lambda: realtime.Unknown("session.created") in consumer.events)
+        await (await fake.wait_for_session(first)).drop("4000")
+        await consumer.until(lambda: bool(consumer.ended))
+        await runner.close()
+        return consumer
+
+    consumer = loop.run(scenario())
+    assert consumer.told == [("connected", False)]  # never reported lost, never reconnected
+    [end] = consumer.ended
+    assert end.reason == "error" and end.error.startswith("OpenAI closed the session (4000")
+    assert len(fake.sessions) == first + 1
 
 
 def test_a_recycled_session_is_replaced_at_once_as_planned(loop, openai_at_fake):
