@@ -328,3 +328,13 @@ def test_end_call_during_a_time_limit_goodbye_still_waits_for_it():
     assert not [a for a in bridge.drain() if isinstance(a, EndCall)]
     echo_all_marks(bridge, goodbye, now=45.5)
     assert [a.reason for a in bridge.drain() if isinstance(a, EndCall)] == ["time_limit"]
+
+
+def test_every_end_reason_the_bridge_can_give_is_a_stored_ended_reason():
+    # The core names reasons as literals (it imports no Django); the call record stores them.
+    from typing import get_args
+
+    from calls.bridge.actions import EndReason
+    from calls.models import EndedReason
+
+    assert set(get_args(EndReason)) <= set(EndedReason.values)
