@@ -475,6 +475,9 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
     ),
 }
 
+# The server events the bridge acts on (tests check each is a GA event of the official SDK).
+HANDLED_EVENT_TYPES = frozenset(_PARSERS)
+
 
 def server_event(data: object) -> ServerEvent:
     """A decoded JSON value as the event the bridge handles."""

@@ -13,10 +13,12 @@ import typing
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from openai.types import realtime as r
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
 
 from calls import realtime, tools
-from calls.bridge import _HANDLERS
 from calls.fakes import realtime_schema
 from calls.models import Eagerness, NoiseReduction, TurnDetection, Voice
 from calls.realtime import AgentConfig
@@ -161,7 +163,134 @@ def test_validator_refuses_fake_server_events_with_unknown_or_mistyped_fields() 
 
 def test_every_server_event_the_bridge_handles_is_a_ga_server_event() -> None:
     ga = union_types(RealtimeServerEvent)
-    assert not set(_HANDLERS) - ga, f"not GA server events: {sorted(set(_HANDLERS) - ga)}"
+    handled = realtime.HANDLED_EVENT_TYPES
+    assert not handled - ga, f"not GA server events: {sorted(handled - ga)}"
+
+
+# Events as the official SDK's types build them: the parser reads the fields they define.
+SDK_EVENTS = [
+    (
+        r.ResponseAudioDeltaEvent(
+            type="response.output_audio.delta",
+            event_id="e1",
+            response_id="resp_1",
+            item_id="item_1",
+            output_index=0,
+            content_index=0,
+            delta="//8=",
+        ),
+        realtime.AudioDelta("resp_1", "item_1", "//8="),
+    ),
+    (
+        r.InputAudioBufferSpeechStartedEvent(
+            type="input_audio_buffer.speech_started", event_id="e2", item_id="item_2", audio_start_ms=480
+        ),
+        realtime.SpeechStarted("item_2", 480),
+    ),
+    (
+        r.ResponseFunctionCallArgumentsDoneEvent(
+            type="response.function_call_arguments.done",
+            event_id="e3",
+            response_id="resp_3",
+            item_id="item_3",
+            output_index=0,
+            call_id="call_3",
+            name="lookup_order",
+            arguments='{"order": "42"}',
+        ),
+        realtime.FunctionCall("resp_3", "item_3", "call_3", "lookup_order", '{"order": "42"}'),
+    ),
+    (
+        r.ConversationItemInputAudioTranscriptionCompletedEvent(
+            type="conversation.item.input_audio_transcription.completed",
+            event_id="e4",
+            item_id="item_4",
+            content_index=0,
+            transcript=" Table for two. ",
+            usage={"type": "duration", "seconds": 1.5},
+        ),
+        realtime.TranscriptionCompleted("item_4", "Table for two.", {"type": "duration", "seconds": 1.5}),
+    ),
+    (
+        r.RealtimeErrorEvent(
+            type="error",
+            event_id="e5",
+            error={"type": "invalid_request_error", "code": "bad", "message": "No.", "param": "audio_end_ms"},
+        ),
+        realtime.ServerError("bad", "No.", "audio_end_ms"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("sdk_event", "parsed"), SDK_EVENTS, ids=lambda v: getattr(v, "type", ""))
+def test_server_events_built_by_the_sdk_parse_to_their_typed_values(sdk_event: Any, parsed: Any) -> None:
+    assert realtime.parse_server_event(sdk_event.model_dump_json(exclude_none=True)) == parsed
+
+
+@pytest.mark.parametrize(
+    ("message", "parsed"),
+    [
+        (b"\xff\xfe", realtime.Malformed("", "not JSON")),
+        ("{", realtime.Malformed("", "not JSON")),
+        ("[1, 2]", realtime.Malformed("", "not a JSON object")),
+        ('{"type": 7}', realtime.Malformed("", "no event type")),
+        ('{"type": "rate_limits.updated", "rate_limits": []}', realtime.Unknown("rate_limits.updated")),
+        (
+            '{"type": "response.output_audio.delta", "item_id": "i", "delta": 5}',
+            realtime.Malformed("response.output_audio.delta", "delta is not a string"),
+        ),
+        (
+            '{"type": "response.output_audio.delta", "item_id": "i"}',
+            realtime.Malformed("response.output_audio.delta", "no delta"),
+        ),
+        (
+            '{"type": "response.function_call_arguments.done", "name": "x"}',
+            realtime.Malformed("response.function_call_arguments.done", "no call_id"),
+        ),
+    ],
+)
+def test_what_is_not_a_well_formed_event_is_a_value_not_an_exception(message: Any, parsed: Any) -> None:
+    assert realtime.parse_server_event(message) == parsed
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
+def test_parsing_never_raises(value: Any) -> None:
+    event = realtime.server_event(value)
+    assert isinstance(event, typing.get_args(realtime.ServerEvent))
+
+
+@given(
+    st.sampled_from(sorted(realtime.HANDLED_EVENT_TYPES)),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "item_id",
+                "response_id",
+                "delta",
+                "call_id",
+                "item",
+                "response",
+                "error",
+                "session",
+                "transcript",
+                "usage",
+            ]
+        ),
+        st.none()
+        | st.integers()
+        | st.text()
+        | st.lists(st.integers())
+        | st.dictionaries(st.text(), st.text()),
+    ),
+)
+def test_a_handled_event_with_fields_of_any_type_never_raises(kind: str, fields: dict[str, Any]) -> None:
+    event = realtime.server_event({"type": kind, **fields})
+    assert isinstance(event, typing.get_args(realtime.ServerEvent))
 
 
 def test_our_client_event_types_are_the_sdk_union() -> None:
