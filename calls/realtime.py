@@ -388,6 +388,15 @@ def _int(data: Mapping[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _audio_delta(event: Mapping[str, Any]) -> AudioDelta:
+    # Most of the traffic (bench: ~1 us per delta to parse): the well-formed case first,
+    # with no helper calls; anything else gets the helpers' exact reason.
+    item_id, delta, response_id = event.get("item_id"), event.get("delta"), event.get("response_id")
+    if type(item_id) is str and item_id and type(delta) is str and delta and type(response_id) is str:
+        return AudioDelta(response_id, item_id, delta)
+    return AudioDelta(_text(event, "response_id"), _required(event, "item_id"), _required(event, "delta"))
+
+
 def _session_updated(event: Mapping[str, Any]) -> SessionUpdated:
     return SessionUpdated(tuple(session_problems(event.get("session"))))
 
@@ -442,9 +451,7 @@ def _function_call(event: Mapping[str, Any]) -> FunctionCall:
 
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], ServerEvent]] = {
     # The hot one first (dict order is irrelevant to lookup; listed for the reader).
-    "response.output_audio.delta": lambda e: AudioDelta(
-        _text(e, "response_id"), _required(e, "item_id"), _required(e, "delta")
-    ),
+    "response.output_audio.delta": _audio_delta,
     "session.updated": _session_updated,
     "error": _error,
     "input_audio_buffer.speech_started": lambda e: SpeechStarted(
