@@ -119,10 +119,9 @@ def session_problems(session: object) -> list[str]:
     problems = []
     if session.get("type") != "realtime":
         problems.append(f"session type is {session.get('type')!r}, expected 'realtime'")
-    audio = session.get("audio") if isinstance(session.get("audio"), dict) else {}
+    audio = _object(session, "audio")
     for direction in ("input", "output"):
-        block = audio.get(direction) if isinstance(audio.get(direction), dict) else {}
-        fmt = block.get("format") if isinstance(block.get("format"), dict) else {}
+        fmt = _object(_object(audio, direction), "format")
         if fmt.get("type") != AUDIO_FORMAT["type"]:
             problems.append(f"{direction} audio format is {fmt.get('type')!r}, expected 'audio/pcmu'")
     return problems
