@@ -440,7 +440,10 @@ def call_place(*, to: str, agent: Agent) -> Call:
 
 
 # Leaving a message needs the beep (message end); hanging up only needs "is it a machine".
-MACHINE_DETECTION_MODES = {MachinePolicy.HANG_UP: "Enable", MachinePolicy.LEAVE_MESSAGE: "DetectMessageEnd"}
+MACHINE_DETECTION_MODES: dict[str, twilio_rest.MachineDetection] = {
+    MachinePolicy.HANG_UP: "Enable",
+    MachinePolicy.LEAVE_MESSAGE: "DetectMessageEnd",
+}
 
 
 def call_answered_by(*, params: dict[str, str]) -> Call | None:
