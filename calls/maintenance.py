@@ -132,7 +132,7 @@ def _file_fields(model: type[models.Model]) -> list[models.FileField]:
     return [f for f in model._meta.concrete_fields if isinstance(f, models.FileField)]
 
 
-def stored_files(queryset: QuerySet) -> list[tuple[Storage, str]]:
+def stored_files(queryset: QuerySet[models.Model]) -> list[tuple[Storage, str]]:
     """The files (storage, name) that rows of ``queryset`` reference in any FileField."""
     fields = _file_fields(queryset.model)
     if not fields:
@@ -149,7 +149,7 @@ def _delete_files(files: list[tuple[Storage, str]]) -> None:
             logger.warning("Could not delete the file %s: %s", name, exc)
 
 
-def delete_with_files(queryset: QuerySet) -> tuple[dict[str, int], int]:
+def delete_with_files(queryset: QuerySet[models.Model]) -> tuple[dict[str, int], int]:
     """Delete the rows (and what cascades) and, once that is committed, the files they
     reference through the storage API. Returns the per-model counts and the file count."""
     files = stored_files(queryset)
