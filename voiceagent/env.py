@@ -166,15 +166,6 @@ def env_pattern(name: str, pattern: str, expected: str) -> str:
     return value
 
 
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _raw(name)
-    if value is None or value == "":
-        return default
-    if value not in choices:
-        raise _fail(name, value, f"one of {', '.join(choices)}")
-    return value
-
-
 def env_json_object(name: str) -> dict[str, object]:
     value = _raw(name)
     if not value:
