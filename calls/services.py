@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls import maintenance, model_endpoint, pricing, tools, twilio_rest, twiml
+from calls import capacity, model_endpoint, pricing, tools, twilio_rest, twiml
 from calls.bridge_actions import CallSummary, ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
@@ -123,7 +123,7 @@ def call_refuse_if_busy(call: Call) -> bool:
     limit = settings.MAX_CONCURRENT_CALLS
     if not limit:
         return False
-    in_progress = maintenance.calls_in_progress(exclude_call_sid=call.call_sid)
+    in_progress = capacity.calls_in_progress(exclude_call_sid=call.call_sid)
     if in_progress < limit:
         return False
     call.ended_reason = EndedReason.BUSY
@@ -387,7 +387,7 @@ def call_start_web(*, call_sid: str, username: str, agent_id: str) -> Call:
     if agent is None:
         raise ValueError("This agent does not exist or is disabled.")
     limit = settings.MAX_CONCURRENT_CALLS
-    if limit and maintenance.calls_in_progress() >= limit:
+    if limit and capacity.calls_in_progress() >= limit:
         raise ValueError(f"All {limit} lines are busy (MAX_CONCURRENT_CALLS); try again later.")
     call = Call.objects.create(
         call_sid=call_sid,
@@ -410,7 +410,7 @@ def call_place(*, to: str, agent: Agent) -> Call:
     if not agent.phone_number:
         raise ValueError(f"agent {agent.name!r} has no phone number to call from")
     limit = settings.MAX_CONCURRENT_CALLS
-    if limit and maintenance.calls_in_progress() >= limit:
+    if limit and capacity.calls_in_progress() >= limit:
         # The callee would only hear the busy message: do not ring them.
         raise ValueError(f"all {limit} lines are busy (MAX_CONCURRENT_CALLS); try again later")
     policy = agent.machine_policy

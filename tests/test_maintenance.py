@@ -14,7 +14,7 @@ from django.db import connection, models
 from django.test.utils import isolate_apps
 from django.utils import timezone
 
-from calls import maintenance
+from calls import capacity, maintenance
 from calls.models import Call, CallStatus, EndedReason, Role, ToolCall, Turn
 from calls.recording import WavFile
 
@@ -88,8 +88,8 @@ def test_calls_in_progress_counts_open_streams_and_admitted_calls_only():
     make_call(4, started=False, stream_token_expires_at=now + timedelta(seconds=60))  # admitted
     make_call(5, started=False, stream_token_expires_at=now - timedelta(seconds=1))  # never came
     make_call(6, started=False)  # no agent, never admitted
-    assert maintenance.calls_in_progress() == 2
-    assert maintenance.calls_in_progress(exclude_call_sid=f"CA{1:032d}") == 1
+    assert capacity.calls_in_progress() == 2
+    assert capacity.calls_in_progress(exclude_call_sid=f"CA{1:032d}") == 1
 
 
 def test_the_stale_cutoff_follows_the_longest_agent_limit():
@@ -97,9 +97,9 @@ def test_the_stale_cutoff_follows_the_longest_agent_limit():
 
     now = timezone.now()
     Agent.objects.update(max_call_seconds=3600)
-    assert maintenance.stale_cutoff(now) == now - timedelta(seconds=3600) - maintenance.STALE_MARGIN
+    assert capacity.stale_cutoff(now) == now - timedelta(seconds=3600) - capacity.STALE_MARGIN
     make_call(1, age=timedelta(minutes=30))
-    assert maintenance.calls_in_progress() == 1
+    assert capacity.calls_in_progress() == 1
 
 
 # --- close_stale_calls ----------------------------------------------------------------------------
