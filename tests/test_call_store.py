@@ -17,7 +17,7 @@ from calls.bridge_actions import SaveTurn, TurnRecord
 from calls.call_store import CallStore, StoreOutage, retry_delays
 from calls.models import Call, Role
 from tests.database_restart import DatabaseRestart, outage
-from tests.live import BackgroundLoop
+from tests.servers import BackgroundLoop
 from tests.waiting import wait_until
 
 SID = "CA" + "5" * 32

@@ -24,7 +24,7 @@ from calls.fakes import standin, wav
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallStatus, EndedReason, Role
 from tests.conftest import AUTH_TOKEN
-from tests.live import ROOT, database_url, free_port, start_daphne
+from tests.servers import ROOT, database_url, free_port, start_daphne
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
