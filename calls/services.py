@@ -70,8 +70,12 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _parse_direction(value: str) -> str:
-    return value if value in CallDirection.values else CallDirection.INBOUND
+def _parse_direction(value: str) -> CallDirection:
+    return CallDirection(value) if value in CallDirection.values else CallDirection.INBOUND
+
+
+def _parse_status(value: str | None) -> CallStatus | None:
+    return CallStatus(value) if value in CallStatus.values else None
 
 
 def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
@@ -88,9 +92,7 @@ def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
         "from_number": params["From"][:64],
         "to_number": params["To"][:64],
         "direction": _parse_direction(params.get("Direction", "")),
-        "status": params.get("CallStatus")
-        if params.get("CallStatus") in CallStatus.values
-        else CallStatus.RINGING,
+        "status": _parse_status(params.get("CallStatus")) or CallStatus.RINGING,
         "agent": agent,
         "model": model_endpoint.recorded_model(agent.effective_model) if agent else "",
         "voice": agent.voice if agent else "",
@@ -184,8 +186,8 @@ def call_status_apply(*, params: dict[str, str]) -> Call | None:
     """Apply a Twilio status callback. The status follows the highest SequenceNumber seen;
     facts from late callbacks (answer time, duration) are still kept."""
     call_sid = params.get("CallSid", "")
-    status = params.get("CallStatus", "")
-    if not call_sid or status not in CallStatus.values:
+    status = _parse_status(params.get("CallStatus"))
+    if not call_sid or status is None:
         raise WebhookError("CallSid and a valid CallStatus are required.")
     sequence = _parse_int(params.get("SequenceNumber", ""))
     at = _parse_timestamp(params.get("Timestamp", "")) or timezone.now()
@@ -210,7 +212,7 @@ def call_status_apply(*, params: dict[str, str]) -> Call | None:
                 call.duration_seconds = duration
             if not call.ended_reason:
                 call.ended_reason = _STATUS_REASONS.get(
-                    CallStatus(status),
+                    status,
                     EndedReason.CALLER_HUNG_UP if call.stream_sid else EndedReason.NO_STREAM,
                 )
         call.save()
