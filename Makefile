@@ -51,6 +51,7 @@ test: test-fast
 test-fast: python-version $(VENV)/.test-deps
 	$(BIN)/python -m tests.preflight
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: python-version $(VENV)/.test-deps

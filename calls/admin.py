@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
-from django.db.models import Count, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
-from django.template.response import TemplateResponse
+from django.db.models import Count, Model, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import SimpleTemplateResponse, TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django_stubs_ext import WithAnnotations
 
 from calls import model_endpoint, review, services, tools, twilio_rest
 from calls.models import Agent, Call, Role, ToolCall, Turn, TurnKind
@@ -23,8 +25,10 @@ from calls.review import format_offset
 
 STANDIN_LABEL = "Local stand-in, not the real model"
 
+_M = TypeVar("_M", bound=Model)
 
-class AgentForm(forms.ModelForm):
+
+class AgentForm(forms.ModelForm[Agent]):
     tools = forms.MultipleChoiceField(
         required=False,
         widget=forms.CheckboxSelectMultiple,
@@ -37,7 +41,9 @@ class AgentForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["tools"].choices = [
+        tools_field = self.fields["tools"]
+        assert isinstance(tools_field, forms.MultipleChoiceField)
+        tools_field.choices = [
             (name, f"{name}: {found.description[:90]}") for name, found in sorted(tools.registered().items())
         ]
 
@@ -72,7 +78,7 @@ def call_of(row: Turn | ToolCall) -> str:
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(admin.ModelAdmin[Agent]):
     form = AgentForm
     actions = ["place_call"]
     list_display = ["name", "phone_or_default", "enabled", "voice", "model_or_default", "updated_at"]
@@ -122,7 +128,7 @@ class AgentAdmin(admin.ModelAdmin):
             "agent": agent,
             "form": form,
             "opts": self.model._meta,
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/calls/agent/place_call.html", context)
 
@@ -135,18 +141,22 @@ class AgentAdmin(admin.ModelAdmin):
         return agent.effective_model
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(admin.ModelAdmin[_M]):
     """Call logs are evidence: nobody edits them by hand."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+    def has_change_permission(self, request: HttpRequest, obj: _M | None = None) -> bool:
         return False
 
 
+class _TurnCount(TypedDict):
+    turn_count: int  # CallAdmin.get_queryset's annotation
+
+
 @admin.register(Call)
-class CallAdmin(ReadOnlyAdmin):
+class CallAdmin(ReadOnlyAdmin[Call]):
     list_display = [
         "created_at",
         "listed_from",
@@ -226,10 +236,10 @@ class CallAdmin(ReadOnlyAdmin):
         )
         return [recording, *super().get_urls()]
 
-    def recording_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def recording_view(self, request: HttpRequest, object_id: str) -> HttpResponse | StreamingHttpResponse:
         """The recording, to staff only: media files are never served publicly."""
         call = self.get_object(request, unquote(object_id))
-        if call is None or not self.has_view_permission(request, call) or not call.recording:
+        if call is None or not self.has_view_permission(request, call) or not call.recording.name:
             raise Http404("No recording for this call.")
         storage, name = call.recording.storage, call.recording.name
         try:
@@ -241,9 +251,14 @@ class CallAdmin(ReadOnlyAdmin):
             request, handle, size, content_type="audio/wav", filename=f"{call.call_sid}.wav"
         )
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
-        changelist = (getattr(response, "context_data", None) or {}).get("cl")
+        # A redirect (after an action) has no context.
+        if not isinstance(response, SimpleTemplateResponse) or not response.context_data:
+            return response
+        changelist = response.context_data.get("cl")
         if changelist is not None:
             totals = review.call_totals(changelist.queryset)
             response.context_data["totals"] = {
@@ -262,12 +277,12 @@ class CallAdmin(ReadOnlyAdmin):
         return review.calls_csv(queryset.select_related("agent"), listed_number, filename)
 
     # Lists (and search results) may mask numbers; the call's own page shows them in full.
-    def action_checkbox(self, obj: Call) -> str:
+    def action_checkbox(self, obj: Call) -> SafeString:
         # Django labels each row's checkbox with str(call), which holds both numbers.
         label = f"Select this object for an action - {call_label(obj)}"
         attrs = {"class": "action-select", "aria-label": label}  # escaped by the widget template
         return forms.CheckboxInput(attrs, lambda value: False).render(
-            admin.helpers.ACTION_CHECKBOX_NAME, str(obj.pk)
+            helpers.ACTION_CHECKBOX_NAME, str(obj.pk)
         )
 
     @admin.display(description="From", ordering="from_number")
@@ -279,8 +294,8 @@ class CallAdmin(ReadOnlyAdmin):
         return listed_number(call.to_number)
 
     @admin.display(description="Turns", ordering="turn_count")
-    def turn_count(self, call: Call) -> int:
-        return call.turn_count  # type: ignore[attr-defined]
+    def turn_count(self, call: WithAnnotations[Call, _TurnCount]) -> int:
+        return call.turn_count
 
     @admin.display(description="Duration", ordering="duration_seconds")
     def listed_duration(self, call: Call) -> str:
@@ -397,7 +412,7 @@ def render_turn(turn: Turn) -> SafeString:
 
 
 @admin.register(ToolCall)
-class ToolCallAdmin(ReadOnlyAdmin):
+class ToolCallAdmin(ReadOnlyAdmin[ToolCall]):
     list_display = [call_of, "name", "created_at", "duration_ms", "error"]
     list_filter = ["name"]
     search_fields = ["call__call_sid", "name"]
@@ -405,7 +420,7 @@ class ToolCallAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Turn)
-class TurnAdmin(ReadOnlyAdmin):
+class TurnAdmin(ReadOnlyAdmin[Turn]):
     list_display = [call_of, "position", "role", "text", "started_ms", "interrupted"]
     list_filter = ["role", "interrupted"]
     search_fields = ["text", "call__call_sid"]

@@ -71,7 +71,7 @@ def _twilio() -> list[CheckMessage]:
                 id="voiceagent.W003",
             )
         ]
-    found = []
+    found: list[CheckMessage] = []
     if not re.fullmatch(r"[0-9a-fA-F]{32}", token):
         found.append(
             CheckWarning(

@@ -15,7 +15,7 @@ OPENING_HOURS = {"weekday": ("12:00", "22:00"), "weekend": ("11:00", "23:00")}
 
 
 @tool
-def opening_hours(day: Literal["weekday", "weekend"] = "weekday") -> dict:
+def opening_hours(day: Literal["weekday", "weekend"] = "weekday") -> dict[str, str]:
     """Tell when the restaurant is open.
 
     Args:
@@ -26,7 +26,7 @@ def opening_hours(day: Literal["weekday", "weekend"] = "weekday") -> dict:
 
 
 @tool
-def book_table(name: str, party_size: int, day: date, time: str, context: ToolContext) -> dict:
+def book_table(name: str, party_size: int, day: date, time: str, context: ToolContext) -> dict[str, object]:
     """Book a table. Confirm the details with the caller before calling this.
 
     Args:

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypedDict
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib import admin
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AbstractBaseUser, AbstractUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -36,7 +36,11 @@ class HangUp(TypedDict):
 
 def can_monitor(user: AbstractBaseUser | AnonymousUser | None) -> bool:
     """Staff who may see calls: live transcripts are as private as the call log."""
-    return bool(user and user.is_active and user.is_staff and user.has_perm("calls.view_call"))
+    # Django's User (AUTH_USER_MODEL) or the anonymous one; a session's lazy user passes
+    # isinstance as the user it wraps.
+    if not isinstance(user, AbstractUser | AnonymousUser):
+        return False
+    return user.is_active and user.is_staff and user.has_perm("calls.view_call")
 
 
 def call_event(call: Call) -> dict[str, Any]:
@@ -96,7 +100,7 @@ class LiveCallsConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         await self.accept()
-        if not await database_sync_to_async(can_monitor)(user):
+        if user is None or not await database_sync_to_async(can_monitor)(user):
             # Accepted first, so the page can tell "signed out" from a network error.
             await self.close(code=CLOSE_FORBIDDEN)
             return

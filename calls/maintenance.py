@@ -1,5 +1,5 @@
-"""Keeping the call log honest and small: which calls are in progress (the concurrency cap),
-closing calls a dead process left open, and deleting old calls (retention)."""
+"""Keeping the call log honest and small: closing calls a dead process left open, storing
+the recordings they left behind, and deleting old calls (retention)."""
 
 from __future__ import annotations
 
@@ -12,19 +12,17 @@ from pathlib import Path
 from django.conf import settings
 from django.core.files.storage import Storage
 from django.db import models, transaction
-from django.db.models import Max, Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from calls import services
 from calls.audio import BYTES_PER_SECOND
-from calls.models import TERMINAL_STATUSES, Agent, Call, CallStatus, EndedReason, ToolCall, Turn
+from calls.capacity import stale_cutoff
+from calls.models import TERMINAL_STATUSES, Call, CallStatus, EndedReason, ToolCall, Turn
 from calls.recording import repair_wav
 
 logger = logging.getLogger(__name__)
 
-# A live call is at most its agent's max_call_seconds old (plus the 10 s the bridge allows
-# past it), counted from a stream that connects within STREAM_TOKEN_TTL_SECONDS of the
-# webhook, and an outbound call rings for at most a minute first. This covers all of it.
-STALE_MARGIN = timedelta(minutes=5)
 STALE_ERROR = "The server process handling this call stopped before the call ended."
 PURGE_BATCH = 500
 
@@ -38,28 +36,6 @@ def parse_age(value: str) -> timedelta:
     if not match or int(match[1]) == 0:
         raise ValueError(f"{value!r} is not an age such as 30d, 12h, 15m or 90s")
     return timedelta(**{_AGE_UNITS[match[2]]: int(match[1])})
-
-
-def stale_cutoff(now: datetime | None = None) -> datetime:
-    """Open calls created before this cannot be live any more: their process died."""
-    now = now or timezone.now()
-    longest = Agent.objects.aggregate(longest=Max("max_call_seconds"))["longest"]
-    if longest is None:
-        longest = Agent._meta.get_field("max_call_seconds").default
-    return now - timedelta(seconds=longest) - STALE_MARGIN
-
-
-def calls_in_progress(*, exclude_call_sid: str = "", now: datetime | None = None) -> int:
-    """Calls holding a line now, whichever worker process bridges them: the stream started,
-    or the webhook admitted the call and its token is still unspent (so a burst of calls
-    cannot all slip in before their streams connect). Rows a crash left open stop counting
-    at ``stale_cutoff``."""
-    now = now or timezone.now()
-    admitted = Q(started_at__isnull=False) | Q(
-        stream_token_used_at__isnull=True, stream_token_expires_at__gt=now
-    )
-    open_calls = Call.objects.filter(admitted, ended_at__isnull=True, created_at__gte=stale_cutoff(now))
-    return open_calls.exclude(call_sid=exclude_call_sid).count()
 
 
 def calls_close_stale(
@@ -98,8 +74,6 @@ def recordings_recover(work_dir: Path | None = None) -> list[str]:
     died mid-call (or could not reach the storage backend at the end) leaves a partial WAV
     there. Only files of calls that have ended and have no recording yet are taken: a live
     call is still writing its file. Returns the Call SIDs whose recording was stored."""
-    from calls import services  # services imports this module
-
     work_dir = work_dir or settings.RECORDING_WORK_DIR
     if not work_dir.is_dir():
         return []
@@ -132,7 +106,7 @@ def _file_fields(model: type[models.Model]) -> list[models.FileField]:
     return [f for f in model._meta.concrete_fields if isinstance(f, models.FileField)]
 
 
-def stored_files(queryset: QuerySet) -> list[tuple[Storage, str]]:
+def stored_files(queryset: QuerySet[models.Model]) -> list[tuple[Storage, str]]:
     """The files (storage, name) that rows of ``queryset`` reference in any FileField."""
     fields = _file_fields(queryset.model)
     if not fields:
@@ -149,7 +123,7 @@ def _delete_files(files: list[tuple[Storage, str]]) -> None:
             logger.warning("Could not delete the file %s: %s", name, exc)
 
 
-def delete_with_files(queryset: QuerySet) -> tuple[dict[str, int], int]:
+def delete_with_files(queryset: QuerySet[models.Model]) -> tuple[dict[str, int], int]:
     """Delete the rows (and what cascades) and, once that is committed, the files they
     reference through the storage API. Returns the per-model counts and the file count."""
     files = stored_files(queryset)

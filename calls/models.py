@@ -259,10 +259,6 @@ class Call(models.Model):
     def __str__(self) -> str:
         return f"{self.call_sid} {self.from_number} → {self.to_number}"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.ended_at is not None
-
 
 class Role(models.TextChoices):
     CALLER = "caller", "Caller"

@@ -52,7 +52,9 @@ TRANSCRIPTION_PER_MINUTE: dict[str, float] = {
 
 
 def prices_for(model: str) -> dict[str, float] | None:
-    table = {**DEFAULT_PRICES, **getattr(settings, "VOICE_AGENT_PRICES", {})}
+    # The setting has the shape of DEFAULT_PRICES (settings.py); it is not validated.
+    overrides: dict[str, dict[str, float]] = getattr(settings, "VOICE_AGENT_PRICES", {})
+    table = {**DEFAULT_PRICES, **overrides}
     if model in table:
         return table[model]
     # Dated snapshots cost what their family costs: gpt-realtime-2.1-2026-10-01 -> gpt-realtime-2.1.

@@ -1,5 +1,5 @@
 """Servers started as child processes on a local port: the demo's stand-in and daphne
-(calls/simulation.py), the end-to-end tests' daphne (tests/live.py) and the benchmark's
+(calls/simulation.py), the end-to-end tests' daphne (tests/servers.py) and the benchmark's
 (bench/bridge_latency.py). Standard library only: the benchmark imports it without Django."""
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import base64
 import struct
 import warnings
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in 3.11-3.12; audioop-lts on 3.13+
@@ -33,6 +33,24 @@ CHANNELS = 2
 SAMPLE_WIDTH = 2
 
 
+class _CallerAudio(NamedTuple):
+    payload: str
+    timestamp_ms: int
+
+
+class _AgentAudio(NamedTuple):
+    payload: str
+    starts: float
+
+
+class _AgentCut(NamedTuple):
+    at: float
+
+
+# What the event loop noted, for ``Recorder.flush``; tuples, as cheap to make as the plain ones.
+RecorderEvent = _CallerAudio | _AgentAudio | _AgentCut
+
+
 class Recorder:
     """The call's recording as the event loop sees it: noting what happened is an append;
     decoding, mixing, converting and writing happen in ``flush``, in a worker thread, about
@@ -41,33 +59,33 @@ class Recorder:
     def __init__(self, mixer: Mixer, wav: WavFile) -> None:
         self.mixer = mixer
         self.wav = wav
-        self._pending: list[tuple[str, str | float, float]] = []
+        self._pending: list[RecorderEvent] = []
 
     def caller(self, payload: str, timestamp_ms: int) -> None:
-        self._pending.append(("caller", payload, timestamp_ms))
+        self._pending.append(_CallerAudio(payload, timestamp_ms))
 
     def agent(self, payload: str, starts: float) -> None:
-        self._pending.append(("agent", payload, starts))
+        self._pending.append(_AgentAudio(payload, starts))
 
     def cut_agent(self, at: float) -> None:
-        self._pending.append(("cut", at, 0.0))
+        self._pending.append(_AgentCut(at))
 
-    def batch(self) -> list[tuple[str, str | float, float]]:
+    def batch(self) -> list[RecorderEvent]:
         """What happened since the last batch, in order; hand it to ``flush``."""
         batch, self._pending = self._pending, []
         return batch
 
-    def flush(self, batch: list[tuple[str, str | float, float]], now: float | None) -> None:
+    def flush(self, batch: list[RecorderEvent], now: float | None) -> None:
         """Apply a batch and write what is final (everything if ``now`` is None: the call is
         over). Blocking; batches must be flushed one at a time, in order."""
         mixer = self.mixer
-        for kind, value, when in batch:
-            if kind == "caller":
-                mixer.caller(value, int(when))  # type: ignore[arg-type]
-            elif kind == "agent":
-                mixer.agent(value, when)  # type: ignore[arg-type]
+        for event in batch:
+            if isinstance(event, _CallerAudio):
+                mixer.caller(event.payload, event.timestamp_ms)
+            elif isinstance(event, _AgentAudio):
+                mixer.agent(event.payload, event.starts)
             else:
-                mixer.cut_agent(value)  # type: ignore[arg-type]
+                mixer.cut_agent(event.at)
         self.wav.append_mulaw(*(mixer.take_all() if now is None else mixer.take(now)))
 
 

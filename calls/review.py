@@ -307,7 +307,7 @@ async def _read(handle: IO[bytes], length: int) -> AsyncIterator[bytes]:
 
 def file_response(
     request: HttpRequest, handle: IO[bytes], size: int, *, content_type: str, filename: str
-) -> HttpResponse:
+) -> HttpResponse | StreamingHttpResponse:
     """Stream a stored file with single-range support, so an ``<audio>`` element can seek."""
     start, end, status = 0, size - 1, 200
     requested = _RANGE.match(request.headers.get("Range", "").strip())
@@ -319,9 +319,9 @@ def file_response(
             start = max(0, size - int(last))
         if start > end or start >= size:
             handle.close()
-            response = HttpResponse(status=416)
-            response["Content-Range"] = f"bytes */{size}"
-            return response
+            refused = HttpResponse(status=416)
+            refused["Content-Range"] = f"bytes */{size}"
+            return refused
         status = 206
         handle.seek(start)
     response = StreamingHttpResponse(_read(handle, end - start + 1), status=status, content_type=content_type)

@@ -10,7 +10,8 @@ websocket_urlpatterns = [
     # Twilio may or may not append a slash; accept both. The optional last segment is a
     # worker's WORKER_ROUTE, for the proxy (any worker serves any route). Authenticated by
     # Twilio's signature and a single-use token, never by a session: no auth middleware here.
-    re_path(r"^media-stream(?:/[A-Za-z0-9_-]{1,32})?/?$", consumers.MediaStreamConsumer.as_asgi()),
+    # type: ignore: django-stubs' re_path takes Django views only; channels routes ASGI apps with it.
+    re_path(r"^media-stream(?:/[A-Za-z0-9_-]{1,32})?/?$", consumers.MediaStreamConsumer.as_asgi()),  # type: ignore[arg-type]
     # Staff browsers, authenticated by their Django session. The Origin check stops another
     # site from opening this socket with a signed-in staff member's cookie.
     re_path(

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls import maintenance, model_endpoint, pricing, tools, twilio_rest, twiml
+from calls import capacity, model_endpoint, pricing, tools, twilio_rest, twiml
 from calls.bridge.actions import CallSummary, ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
@@ -70,8 +70,12 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _parse_direction(value: str) -> str:
-    return value if value in CallDirection.values else CallDirection.INBOUND
+def _parse_direction(value: str) -> CallDirection:
+    return CallDirection(value) if value in CallDirection.values else CallDirection.INBOUND
+
+
+def _parse_status(value: str | None) -> CallStatus | None:
+    return CallStatus(value) if value in CallStatus.values else None
 
 
 def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
@@ -88,9 +92,7 @@ def call_start_from_webhook(*, params: dict[str, str]) -> IncomingCall:
         "from_number": params["From"][:64],
         "to_number": params["To"][:64],
         "direction": _parse_direction(params.get("Direction", "")),
-        "status": params.get("CallStatus")
-        if params.get("CallStatus") in CallStatus.values
-        else CallStatus.RINGING,
+        "status": _parse_status(params.get("CallStatus")) or CallStatus.RINGING,
         "agent": agent,
         "model": model_endpoint.recorded_model(agent.effective_model) if agent else "",
         "voice": agent.voice if agent else "",
@@ -123,7 +125,7 @@ def call_refuse_if_busy(call: Call) -> bool:
     limit = settings.MAX_CONCURRENT_CALLS
     if not limit:
         return False
-    in_progress = maintenance.calls_in_progress(exclude_call_sid=call.call_sid)
+    in_progress = capacity.calls_in_progress(exclude_call_sid=call.call_sid)
     if in_progress < limit:
         return False
     call.ended_reason = EndedReason.BUSY
@@ -184,8 +186,8 @@ def call_status_apply(*, params: dict[str, str]) -> Call | None:
     """Apply a Twilio status callback. The status follows the highest SequenceNumber seen;
     facts from late callbacks (answer time, duration) are still kept."""
     call_sid = params.get("CallSid", "")
-    status = params.get("CallStatus", "")
-    if not call_sid or status not in CallStatus.values:
+    status = _parse_status(params.get("CallStatus"))
+    if not call_sid or status is None:
         raise WebhookError("CallSid and a valid CallStatus are required.")
     sequence = _parse_int(params.get("SequenceNumber", ""))
     at = _parse_timestamp(params.get("Timestamp", "")) or timezone.now()
@@ -210,7 +212,7 @@ def call_status_apply(*, params: dict[str, str]) -> Call | None:
                 call.duration_seconds = duration
             if not call.ended_reason:
                 call.ended_reason = _STATUS_REASONS.get(
-                    CallStatus(status),
+                    status,
                     EndedReason.CALLER_HUNG_UP if call.stream_sid else EndedReason.NO_STREAM,
                 )
         call.save()
@@ -387,7 +389,7 @@ def call_start_web(*, call_sid: str, username: str, agent_id: str) -> Call:
     if agent is None:
         raise ValueError("This agent does not exist or is disabled.")
     limit = settings.MAX_CONCURRENT_CALLS
-    if limit and maintenance.calls_in_progress() >= limit:
+    if limit and capacity.calls_in_progress() >= limit:
         raise ValueError(f"All {limit} lines are busy (MAX_CONCURRENT_CALLS); try again later.")
     call = Call.objects.create(
         call_sid=call_sid,
@@ -410,7 +412,7 @@ def call_place(*, to: str, agent: Agent) -> Call:
     if not agent.phone_number:
         raise ValueError(f"agent {agent.name!r} has no phone number to call from")
     limit = settings.MAX_CONCURRENT_CALLS
-    if limit and maintenance.calls_in_progress() >= limit:
+    if limit and capacity.calls_in_progress() >= limit:
         # The callee would only hear the busy message: do not ring them.
         raise ValueError(f"all {limit} lines are busy (MAX_CONCURRENT_CALLS); try again later")
     policy = agent.machine_policy
@@ -440,7 +442,10 @@ def call_place(*, to: str, agent: Agent) -> Call:
 
 
 # Leaving a message needs the beep (message end); hanging up only needs "is it a machine".
-MACHINE_DETECTION_MODES = {MachinePolicy.HANG_UP: "Enable", MachinePolicy.LEAVE_MESSAGE: "DetectMessageEnd"}
+MACHINE_DETECTION_MODES: dict[str, twilio_rest.MachineDetection] = {
+    MachinePolicy.HANG_UP: "Enable",
+    MachinePolicy.LEAVE_MESSAGE: "DetectMessageEnd",
+}
 
 
 def call_answered_by(*, params: dict[str, str]) -> Call | None:

@@ -38,7 +38,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints, overload
 
 from django.conf import settings
 
@@ -103,12 +103,22 @@ class ToolDefinitionError(TypeError):
     """A function cannot be a tool (its signature has no JSON Schema equivalent)."""
 
 
+# Any function whose signature has a JSON Schema equivalent; ``@tool`` returns it unchanged.
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def tool(function: F, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> F: ...
+@overload
 def tool(
-    function: Callable[..., Any] | None = None, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT
-) -> Any:
+    function: None = None, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Callable[[F], F]: ...
+def tool(
+    function: F | None = None, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> F | Callable[[F], F]:
     """Register ``function`` as a tool (usable as ``@tool`` or ``@tool(name=..., timeout=...)``)."""
 
-    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+    def register(func: F) -> F:
         registered = tool_from_function(func, name=name, timeout=timeout)
         _registry[registered.name] = registered
         return func

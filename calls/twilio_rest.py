@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import requests
 from django.conf import settings
@@ -110,7 +110,7 @@ def _rebuild_error(
     return TwilioRestError(operation, message, status=status, code=code, call_sid=call_sid)
 
 
-class TwilioApiHttpClient(TwilioHttpClient):
+class TwilioApiHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no types
     """The library's HTTP client, sending API requests to ``base_url`` instead.
 
     Only the ``https://api.twilio.com`` origin is rewritten, and only when ``base_url``
@@ -265,13 +265,17 @@ def call_update_twiml(call_sid: str, twiml: str) -> None:
     logger.info("Twilio update TwiML %s: done", call_sid)
 
 
+# Twilio's MachineDetection values: is it a machine; also wait for the beep.
+MachineDetection = Literal["Enable", "DetectMessageEnd"]
+
+
 def call_create(
     *,
     to: str,
     from_: str,
     url: str,
     status_callback: str,
-    machine_detection: bool | str = False,
+    machine_detection: bool | MachineDetection = False,
     amd_status_callback: str | None = None,
     time_limit: int | None = None,
 ) -> str:

@@ -40,7 +40,7 @@ def dial(number: str, *, caller_id: str = "") -> str:
     """Transfer: the live call leaves ``<Connect>`` and dials a human. ``answerOnBridge``
     keeps the caller hearing ringing until the human picks up."""
     response = VoiceResponse()
-    options = {"answer_on_bridge": True}
+    options: dict[str, bool | str] = {"answer_on_bridge": True}
     if caller_id.startswith("+"):
         options["caller_id"] = caller_id
     response.dial(number, **options)

@@ -19,7 +19,7 @@ from django.contrib.staticfiles import finders
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page, Route
 
-    from tests.live import BackgroundLoop, LiveServer
+    from tests.servers import BackgroundLoop, LiveServer
 
 # Looked for in this order after $CHROMIUM: the names Debian, Ubuntu, Homebrew's links and
 # Google's packages install on the PATH.

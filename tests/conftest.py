@@ -11,7 +11,7 @@ from twilio.request_validator import RequestValidator
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
-    from tests.live import BackgroundLoop
+    from tests.servers import BackgroundLoop
 
 # Fixtures through which a test reaches the database (directly, or through a server started
 # on the test database: ``live``, ``start_server`` and the like all depend on one of them).
@@ -125,7 +125,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
 
 @pytest.fixture(scope="session")
 def loop():
-    from tests.live import BackgroundLoop
+    from tests.servers import BackgroundLoop
 
     background = BackgroundLoop()
     yield background
@@ -184,7 +184,7 @@ def media_root(tmp_path_factory):
 def server_environment(fake_openai, fake_twilio_rest, media_root) -> dict[str, str]:
     from django.db import connection
 
-    from tests.live import database_url
+    from tests.servers import database_url
 
     return {
         "DATABASE_URL": database_url(connection.settings_dict),
@@ -205,7 +205,7 @@ def server_environment(fake_openai, fake_twilio_rest, media_root) -> dict[str, s
 
 @pytest.fixture(scope="session")
 def server_process(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp_path_factory):
-    from tests.live import start_daphne
+    from tests.servers import start_daphne
 
     server = start_daphne(
         server_environment(fake_openai, fake_twilio_rest, media_root),
@@ -219,7 +219,7 @@ def server_process(django_db_setup, fake_openai, fake_twilio_rest, media_root, t
 def start_server(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp_path, settings):
     """Start another server on the test database with some settings changed (a broken OpenAI
     URL, a short session limit); it is stopped after the test."""
-    from tests.live import start_daphne
+    from tests.servers import start_daphne
 
     started = []
 

@@ -20,8 +20,8 @@ from calls.bridge.actions import CallSummary, RecordError, SaveTurn, TurnRecord
 from calls.call_store import CallRecording, StoreOutage, TurnWriter, retry_delays
 from calls.models import Call, CallStatus, EndedReason, Role
 from tests.database_restart import DatabaseRestart, outage
-from tests.live import BackgroundLoop
-from tests.test_e2e_crash import wait_for
+from tests.servers import BackgroundLoop
+from tests.waiting import wait_until
 
 SID = "CA" + "5" * 32
 
@@ -97,12 +97,14 @@ def test_the_writer_keeps_every_turn_in_order_through_a_restart(transactional_db
     try:
         background.run(start())
         background.run(put(turn(0)))
-        wait_for(lambda: Call.objects.get().turns.count() == 1)
+        wait_until(lambda: Call.objects.get().turns.count() == 1, 10, "the first turn stored")
         with outage(restart):
             background.run(put(turn(1), turn(2), turn(3), turn(4)))
-            wait_for(lambda: "storing paused" in " ".join(messages(caplog)))
+            wait_until(lambda: "storing paused" in " ".join(messages(caplog)), 10, "storing paused, logged")
             assert store.unstored["turn"] == 4
-        resumed = wait_for(lambda: [m for m in messages(caplog) if "storing resumed" in m], timeout=10)
+        resumed = wait_until(
+            lambda: [m for m in messages(caplog) if "storing resumed" in m], 10, "storing resumed, logged"
+        )
         since_back = time.monotonic() - restart.ended
         background.run(put(turn(5)))
         background.run(end())

@@ -18,19 +18,9 @@ from calls import services
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, EndedReason, Role
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, speak
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(condition, timeout: float = 10.0):
-    """The server writes turns from its own process: the test can only watch the database."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def three_turns_in(server, loop, fake_openai):
@@ -51,7 +41,8 @@ def three_turns_in(server, loop, fake_openai):
         return caller
 
     caller = loop.run(talk())
-    wait_for(lambda: Call.objects.get().turns.count() == 3)
+    # The server writes turns from its own process: the test can only watch the database.
+    wait_until(lambda: Call.objects.get().turns.count() == 3, 10, "three turns stored")
     [session] = fake_openai.sessions[sessions_before:]
     return caller, greeting, answer, session
 
@@ -136,7 +127,7 @@ def test_a_call_daphne_gives_up_on_while_it_is_stored_is_still_finished(
         await caller.hang_up()  # stop, then close: the transcript is 3 s away, the end waits 2 s
 
     loop.run(scenario())
-    call = wait_for(lambda: Call.objects.filter(ended_at__isnull=False).first())
+    call = wait_until(lambda: Call.objects.filter(ended_at__isnull=False).first(), 10, "the call finalised")
     assert call.ended_reason == EndedReason.CALLER_HUNG_UP
     log = server.log()
     assert "took too long to shut down and was killed" in log  # daphne did cancel it
@@ -201,7 +192,7 @@ def test_audio_goes_on_while_the_database_is_away_and_turns_are_written_after(li
         started = time.monotonic()
         loop.run(talk(caller))  # the whole exchange is heard while no turn can be written
         talked_for = time.monotonic() - started
-    wait_for(lambda: Call.objects.get().turns.count() == 3)
+    wait_until(lambda: Call.objects.get().turns.count() == 3, 10, "three turns stored")
     loop.run(hang_up_and_wait(caller))
     turns = list(Call.objects.get().turns.order_by("position").values_list("role", "text"))
     assert turns == [
@@ -238,8 +229,12 @@ def test_turns_queued_when_the_caller_hangs_up_in_a_database_outage_are_written_
     caller = loop.run(connect())
     with DatabaseOutage():
         loop.run(talk_and_hang_up(caller))
-        wait_for(lambda: "took too long to shut down and was killed" in server.log())
-    call = wait_for(lambda: Call.objects.filter(ended_at__isnull=False).first(), timeout=20)
+        wait_until(
+            lambda: "took too long to shut down and was killed" in server.log(),
+            10,
+            "daphne killing the application instance",
+        )
+    call = wait_until(lambda: Call.objects.filter(ended_at__isnull=False).first(), 20, "the call finalised")
     assert call.ended_reason == EndedReason.CALLER_HUNG_UP
     assert list(call.turns.order_by("position").values_list("role", "text")) == [
         (Role.AGENT, greeting.transcript),

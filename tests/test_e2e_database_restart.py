@@ -17,7 +17,7 @@ from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallStatus, EndedReason, Role
 from tests.database_restart import DatabaseRestart, outage
 from tests.test_e2e_bridge import caller_for, dial, speak
-from tests.test_e2e_crash import wait_for
+from tests.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -80,7 +80,8 @@ def test_a_restart_mid_call_loses_no_turn_and_the_call_is_finalised(live, loop, 
         await caller.wait_heard(greeting_bytes())
 
     loop.run(connect())
-    wait_for(lambda: Call.objects.get().turns.count() == 1)  # the writer holds a connection
+    # the writer holds a connection
+    wait_until(lambda: Call.objects.get().turns.count() == 1, 10, "the first turn stored")
     with outage(restart):
         loop.run(ask(caller, 1))  # two exchanges while the database is away: four turns queued
         loop.run(ask(caller, 2))
@@ -88,7 +89,7 @@ def test_a_restart_mid_call_loses_no_turn_and_the_call_is_finalised(live, loop, 
     loop.run(caller.hang_up())
     loop.run(caller.aclose())
 
-    call = wait_for(lambda: finished(caller.call_sid), timeout=30)
+    call = wait_until(lambda: finished(caller.call_sid), 30, "the call finalised")
     assert stored_turns(call) == expected
     assert (call.status, call.ended_reason) == (CallStatus.COMPLETED, EndedReason.CALLER_HUNG_UP)
     log = live.log()
@@ -117,7 +118,7 @@ def test_a_call_placed_after_a_restart_works_end_to_end(live, loop, fake_openai,
             await caller.aclose()
 
         loop.run(talk())
-        call = wait_for(lambda caller=caller: finished(caller.call_sid), timeout=30)
+        call = wait_until(lambda caller=caller: finished(caller.call_sid), 30, f"{caller.call_sid} finalised")
         assert stored_turns(call) == expected, f"call {number}"
         assert (call.status, call.ended_reason) == (CallStatus.COMPLETED, EndedReason.CALLER_HUNG_UP)
     assert "Exception inside application" not in live.log()
@@ -145,12 +146,16 @@ def test_three_calls_through_a_restart_lose_nothing(live, loop, fake_openai, res
         await asyncio.gather(*(step(caller) for caller in callers))
 
     loop.run(everyone(connect))
-    wait_for(lambda: all(Call.objects.get(call_sid=c.call_sid).turns.count() == 3 for c in callers))
+    wait_until(
+        lambda: all(Call.objects.get(call_sid=c.call_sid).turns.count() == 3 for c in callers),
+        10,
+        "three turns stored for every call",
+    )
     with outage(restart):
         loop.run(everyone(talk_and_hang_up))
 
     for caller in callers:
-        call = wait_for(lambda caller=caller: finished(caller.call_sid), timeout=30)
+        call = wait_until(lambda caller=caller: finished(caller.call_sid), 30, f"{caller.call_sid} finalised")
         assert stored_turns(call) == expected, caller.call_sid
         assert (call.status, call.ended_reason) == (CallStatus.COMPLETED, EndedReason.CALLER_HUNG_UP)
     assert "Exception inside application" not in live.log()
@@ -181,7 +186,7 @@ def test_a_stream_starting_during_a_restart_is_authenticated_once_it_is_back(
         loop.run(caller.connect_stream())
     loop.run(talk())
 
-    call = wait_for(lambda: finished(caller.call_sid), timeout=30)
+    call = wait_until(lambda: finished(caller.call_sid), 30, "the call finalised")
     assert stored_turns(call) == expected
     assert call.status == CallStatus.COMPLETED
     assert "Exception inside application" not in live.log()
@@ -222,7 +227,7 @@ def test_a_stop_during_a_restart_says_what_could_not_be_stored(
         await caller.wait_heard(greeting_bytes())
 
     loop.run(connect())
-    wait_for(lambda: Call.objects.get().turns.count() == 1)
+    wait_until(lambda: Call.objects.get().turns.count() == 1, 10, "the first turn stored")
     with outage(restart, seconds=0):
         loop.run(ask(caller, 1))  # two turns queued
         server.process.send_signal(signal.SIGTERM)

@@ -4,7 +4,6 @@ time base) and the caller's last words lost on a quick hang-up. Each is now a re
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -14,6 +13,7 @@ from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Call, EndedReason, Role
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, speak
 from tests.test_twilio_media_hostile import CRASHING_FRAMES
+from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +26,9 @@ def turns(call_sid: str) -> list[tuple[str, str]]:
 
 
 def wait_for_turns(call_sid: str, count: int, timeout: float = 5) -> list[tuple[str, str]]:
-    deadline = time.monotonic() + timeout
-    while len(found := turns(call_sid)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return found
+    return wait_until(
+        lambda: len(found := turns(call_sid)) >= count and found, timeout, f"{count} turns stored"
+    )
 
 
 def call_goes_on_after(live, loop, fake_openai, frame: str, *, first: bool = False):
@@ -47,7 +46,11 @@ def call_goes_on_after(live, loop, fake_openai, frame: str, *, first: bool = Fal
             session = await fake_openai.wait_for_session(sessions_before)
             await caller.send_raw(frame.replace("<sid>", caller.stream_sid))
             if not first:
-                await asyncio.sleep(0.3)
+                # Every frame here is one the server drops, and says so: then it has been read.
+                dropped = f"call {caller.call_sid}: dropped a Twilio frame"
+                await wait_until_async(
+                    lambda: dropped in live.log()[start:], 5, "the server dropping the frame"
+                )
             assert caller.closed_by_server is None, f"the server closed the socket ({caller.close_code})"
             await caller.send_audio(speak())
             await caller.wait_heard(len(ANSWER.render_audio()))

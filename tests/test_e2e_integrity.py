@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import wave
 
 import pytest
@@ -19,6 +18,7 @@ from calls.bridge import replay
 from calls.fakes.openai_realtime import FakeRealtimeServer, FakeSession, Reply, Script
 from calls.models import Agent, Call, EndedReason, Role
 from tests.test_e2e_bridge import caller_for, dial, speak
+from tests.waiting import wait_until, wait_until_async
 
 pytestmark = pytest.mark.e2e
 
@@ -82,9 +82,11 @@ class Conversation:
     async def quiet(self, timeout: float = 20) -> None:
         """Until the agent has stopped talking: no response in progress, nothing left to play.
         (Two parties' state, so polled, with a deadline.)"""
-        async with asyncio.timeout(timeout):
-            while self.session.active is not None or self.caller.buffered_bytes:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        await wait_until_async(
+            lambda: self.session.active is None and not self.caller.buffered_bytes,
+            timeout,
+            "the agent quiet: no response in progress, nothing left to play",
+        )
 
     async def run(self) -> None:
         caller = self.caller
@@ -243,10 +245,8 @@ def test_the_conversation_survives_drops_at_random_points(live, loop, fake_opena
 
 def wait_finalised(call_sid: str, timeout: float = 15) -> None:
     """The call record is all there is to wait on once the caller has gone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        call = Call.objects.get(call_sid=call_sid)
-        if call.ended_at is not None and call.recording:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the call was not finalised")
+    wait_until(
+        lambda: (call := Call.objects.get(call_sid=call_sid)).ended_at is not None and call.recording,
+        timeout,
+        "the call finalised with its recording",
+    )

@@ -11,8 +11,8 @@ from django.core.management import call_command
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call
 from tests.test_e2e_bridge import caller_for, dial
-from tests.test_e2e_crash import wait_for
 from tests.test_e2e_review import loud, read_recording
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -25,9 +25,10 @@ def stream_ms(caller) -> int:
 
 
 def finalised(call_sid: str) -> Call:
-    return wait_for(
+    return wait_until(
         lambda: (c := Call.objects.get(call_sid=call_sid)).ended_at is not None and c.recording and c,
-        timeout=15,
+        15,
+        "the call finalised with its recording",
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from calls.bridge import replay
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallStatus, EndedReason, Role
-from tests.live import free_port
+from tests.servers import free_port
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, sent_audio, speak
 
 pytestmark = pytest.mark.e2e

@@ -11,6 +11,7 @@ import pytest
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, Role
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, sent_audio, speak
+from tests.waiting import wait_until
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -93,15 +94,11 @@ def test_recording_survives_an_abrupt_disconnect(live, loop, fake_openai):
 
 def _wait_for_end() -> Call:
     """The disconnect gives the test nothing to wait on but the call record itself."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        call = Call.objects.get()
-        if call.ended_at is not None and call.recording:
-            return call
-        time.sleep(0.05)
-    raise AssertionError("the call was not finalised after the disconnect")
+    return wait_until(
+        lambda: (call := Call.objects.get()).ended_at is not None and call.recording and call,
+        10,
+        "the call finalised with its recording after the disconnect",
+    )
 
 
 def test_latency_and_cost_are_recorded(live, loop, fake_openai):

@@ -21,7 +21,7 @@ from calls import live
 from calls.fakes.openai_realtime import Reply, Script
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, OPENAI_KEY
-from tests.live import ROOT, LiveServer, start_daphne
+from tests.servers import ROOT, LiveServer, start_daphne
 from tests.test_e2e_bridge import hang_up_and_wait
 
 pytestmark = pytest.mark.e2e

@@ -24,7 +24,8 @@ from calls.fakes import standin, wav
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallStatus, EndedReason, Role
 from tests.conftest import AUTH_TOKEN
-from tests.live import ROOT, database_url, free_port, start_daphne
+from tests.servers import ROOT, database_url, free_port, start_daphne
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -145,15 +146,15 @@ def test_a_call_the_local_database_does_not_have_points_to_the_servers_admin(db)
 
 
 def _wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # start-up only
+    def listening() -> bool:
         assert process.poll() is None, process.communicate()[0].decode()
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
+            return False
+        return True
+
+    wait_until(listening, 30, f"something listening on {port}")  # start-up only
 
 
 def test_realtime_standin_command_answers_a_simulated_call_from_its_script(

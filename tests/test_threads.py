@@ -12,7 +12,7 @@ from django.db import InterfaceError, OperationalError, connection
 from calls.models import Call
 from calls.threads import in_db_thread
 from tests.database_restart import DatabaseRestart, outage
-from tests.live import BackgroundLoop
+from tests.servers import BackgroundLoop
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="a PostgreSQL restart: needs PostgreSQL"

@@ -20,7 +20,7 @@ from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallDirection, CallStatus, EndedReason, Role
 from calls.realtime import AgentConfig
 from tests.conftest import OPENAI_KEY
-from tests.live import free_port
+from tests.servers import free_port
 from voiceagent.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the consumer writes from other threads

@@ -33,6 +33,7 @@ application = ProtocolTypeRouter(
         # No AllowedHostsOriginValidator here: Twilio may send no Origin header; media
         # sockets authenticate with Twilio's signature and a single-use token instead.
         # The staff live page's socket has its own session and Origin checks (calls/routing.py).
-        "websocket": URLRouter(websocket_urlpatterns),
+        # type: ignore: types-channels' URLRouter wants a URLPattern subtype re_path never returns.
+        "websocket": URLRouter(websocket_urlpatterns),  # type: ignore[arg-type]
     }
 )

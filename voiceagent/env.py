@@ -15,6 +15,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import environ
@@ -144,15 +145,17 @@ def env_url(name: str, default: str, *, schemes: tuple[str, ...], origin_only: b
     return value
 
 
-def env_database(name: str, default: str) -> dict:
+def env_database(name: str, default: str) -> dict[str, Any]:
     value = _raw(name) or default
     # The scheme first: django-environ only warns about an unknown one.
     if value.split(":", 1)[0] not in environ.Env.DB_SCHEMES:
         raise _fail(name, value, "a database URL starting with sqlite:// or postgres://")
     try:
-        return environ.Env.db_url_config(value)
+        # One entry of Django's DATABASES, whose values are of many types (dict[str, Any] to Django).
+        config: dict[str, Any] = environ.Env.db_url_config(value)
     except Exception as exc:  # django-environ raises several types for bad URLs
         raise _fail(name, value, f"a database URL such as sqlite:///db.sqlite3 [{exc}]") from None
+    return config
 
 
 def env_pattern(name: str, pattern: str, expected: str) -> str:
@@ -163,16 +166,7 @@ def env_pattern(name: str, pattern: str, expected: str) -> str:
     return value
 
 
-def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _raw(name)
-    if value is None or value == "":
-        return default
-    if value not in choices:
-        raise _fail(name, value, f"one of {', '.join(choices)}")
-    return value
-
-
-def env_json_object(name: str) -> dict:
+def env_json_object(name: str) -> dict[str, object]:
     value = _raw(name)
     if not value:
         return {}

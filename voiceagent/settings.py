@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import django_stubs_ext
+
 from voiceagent.env import (
     ConfigurationError,
     env_bool,
@@ -25,6 +27,10 @@ from voiceagent.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Django's generic classes (ModelAdmin, ModelForm...) accept a type argument, as mypy wants them
+# written (calls/admin.py): django-stubs' documented way, a no-op otherwise.
+django_stubs_ext.monkeypatch()
 
 # A local .env file is a convenience for development; the real environment wins. The test
 # suite sets DJANGO_READ_DOT_ENV=false (tests/settings.py), for itself and the servers it starts,
