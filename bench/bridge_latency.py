@@ -5,7 +5,8 @@
 Three processes share the machine: this driver (N simulated Twilio callers in one event
 loop), a lean fake of the OpenAI Realtime GA API (``bench/fake_openai_server.py``, its own
 process so its CPU does not compete in the driver's loop) and the real server
-(``python -m daphne voiceagent.asgi:application``) on a fresh, migrated SQLite database.
+(``--server``: production's uvicorn by default, or daphne, another uvicorn WebSocket
+implementation, granian) on a fresh, migrated SQLite database.
 
 Each call does what Twilio does: the signed ``/incoming-call`` webhook (through
 ``SimulatedCaller.post_webhook``), the signed Media Stream socket, ``connected``/``start``,
@@ -83,7 +84,13 @@ from bench.wire import (  # noqa: E402
     caller_frame,
 )
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller, twilio_signature  # noqa: E402
-from calls.processes import stop_process, wait_for_port  # noqa: E402
+from calls.processes import (  # noqa: E402
+    ASGI_SERVERS,
+    PRODUCTION_SERVER,
+    asgi_server_command,
+    stop_process,
+    wait_for_port,
+)
 
 RESULTS = ROOT / "bench" / "results"
 BENCH_NUMBER = "+15550100199"  # the bench agent answers this number only
@@ -143,7 +150,8 @@ def machine_info() -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem_kib = int(Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1])
     versions = {}
-    for name in ("django", "channels", "daphne", "twisted", "autobahn", "websockets"):
+    servers = ("daphne", "twisted", "autobahn", "uvicorn", "uvloop", "httptools", "wsproto", "granian")
+    for name in ("django", "channels", "websockets", *servers):
         with contextlib.suppress(PackageNotFoundError):
             versions[name] = version(name)
     git: dict[str, Any] = {}
@@ -311,19 +319,31 @@ def start_fake(port: int, log_path: Path, options: list[str]) -> tuple[subproces
     return process, int(line[1])
 
 
-def start_daphne(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+def start_server(server: str, env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
     log = log_path.open("wb")
-    # -v 2 lets Twisted's log through: autobahn says there why it dropped a connection.
-    command = [sys.executable, "-m", "daphne", "-v", "2", "-b", "127.0.0.1", "-p", str(port)]
-    process = subprocess.Popen(
-        [*command, "voiceagent.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port(process, port, timeout=60, name="daphne", log=log_path.read_text)
+    # Verbose: daphne's autobahn, for one, says in its log why it dropped a connection.
+    command = asgi_server_command(server, port=port, verbose=True)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_port(process, port, timeout=60, name=server, log=log_path.read_text)
     return process
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: granian serves from a child process of the one started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        parent = int(text[text.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
 
 
 # -- one simulated call ------------------------------------------------------------------
@@ -1123,7 +1143,7 @@ def start_profiler(ctx: Context, n: int, seconds: float) -> subprocess.Popen[byt
     if not ctx.args.py_spy or not ctx.server_pids:
         return None
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = ctx.args.output.parent / f"daphne-{n}calls"
+    out = ctx.args.output.parent / f"{ctx.args.server}-{n}calls"
     command = [py_spy, "record", "--pid", str(ctx.server_pids[0]), "--duration", str(int(seconds))]
     command += ["--rate", "200", "--nonblocking", "--gil", "--format", "raw", "--output", f"{out}.txt"]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -1144,7 +1164,8 @@ def setup_label(report: dict[str, Any]) -> str:
     )
     layer = "Redis" if config.get("redis") else "in-memory layer"
     workers = config.get("workers", 1)
-    return f"{database} + {layer}" + (f", {workers} workers" if workers > 1 else "")
+    server = f"{config['server']}, " if config.get("server") else ""
+    return f"{server}{database} + {layer}" + (f", {workers} workers" if workers > 1 else "")
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -1350,8 +1371,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             env = child_env(env)
             await asyncio.to_thread(prepare_database, env, max(600, int(max(args.round_seconds)) * 2 + 60))
             for i, port in enumerate(ports):
-                log_path = logs / ("daphne.log" if args.workers == 1 else f"daphne-{i}.log")
-                server = start_daphne(env, port, log_path)
+                log_path = logs / (f"{args.server}.log" if args.workers == 1 else f"{args.server}-{i}.log")
+                server = start_server(args.server, env, port, log_path)
                 processes.append(server)
                 servers.append(server)
                 server_logs.append(log_path)
@@ -1378,6 +1399,9 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         )
         # One short call per worker first: imports, connections and caches are warm.
         await run_round(ctx, len(worker_urls), 3.0, warmup=True)
+        # A server's worker processes exist once it serves (granian forks its worker).
+        server_pids = [p for pid in server_pids for p in process_tree(pid)]
+        ctx.server_pids = server_pids
         await asyncio.sleep(1.0)
         ctx.idle_rss_kib = total([rss_kib(pid) for pid in server_pids])
         results: list[dict[str, Any]] = []
@@ -1461,6 +1485,12 @@ def main() -> None:
         help=f"Redis channel layer for the server (db {BENCH_REDIS_DB} unless the URL names one)",
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes; calls are spread over them")
+    parser.add_argument(
+        "--server",
+        choices=ASGI_SERVERS,
+        default=PRODUCTION_SERVER,
+        help=f"the ASGI server that runs our application (default: production's, {PRODUCTION_SERVER})",
+    )
     parser.add_argument("--server-url", default="", help="use this running server instead of starting one")
     parser.add_argument("--server-pid", type=int, default=0, help="with --server-url: its pid, for CPU/RSS")
     parser.add_argument("--public-base-url", default="", help="with --server-url: its PUBLIC_BASE_URL")
@@ -1541,6 +1571,7 @@ def main() -> None:
             "database": outcome["database"],
             "redis": outcome["redis"],
             "workers": args.workers,
+            "server": None if args.server_url else args.server,
             "recording": True,
             "server_url": args.server_url or None,
             "py_spy": args.py_spy,

@@ -48,7 +48,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from bench.wire import agent_audio, caller_body_intact, parse_caller_b64
+from bench.wire import agent_audio, caller_body_intact, caller_frames_b64, parse_caller_b64
 
 log = logging.getLogger("bench.fake_openai")
 
@@ -288,7 +288,14 @@ class LeanRealtimeFake:
 
     async def on_append(self, session: Session, event: dict[str, Any], now: float) -> None:
         audio = event.get("audio")
-        tag = parse_caller_b64(audio) if isinstance(audio, str) else None
+        if not isinstance(audio, str):
+            session.in_untagged += 1
+            return
+        for frame in caller_frames_b64(audio):
+            await self.on_caller_frame(session, frame, now)
+
+    async def on_caller_frame(self, session: Session, audio: str, now: float) -> None:
+        tag = parse_caller_b64(audio)
         if tag is None:
             session.in_untagged += 1
             return
@@ -297,7 +304,7 @@ class LeanRealtimeFake:
             session.call = call
         session.in_seq.append(seq)
         session.in_t.append(now)
-        if not caller_body_intact(audio, speech):  # type: ignore[arg-type]
+        if not caller_body_intact(audio, speech):
             session.in_corrupt += 1
         start_ms = session.audio_ms
         session.audio_ms += 20

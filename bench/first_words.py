@@ -10,7 +10,7 @@ as soon as the OpenAI session is live. The lean fake OpenAI server (``bench/fake
 its own process) answers each WebSocket upgrade ``--handshake-ms`` late (TCP + TLS + upgrade to
 a distant service) and sends ``session.created`` ``--session-created-ms`` after that.
 
-For each mode a fresh daphne (``OPENAI_PRECONNECT`` false, then true) serves a fresh SQLite
+For each mode a fresh server (production's, ``OPENAI_PRECONNECT`` false, then true) serves a fresh SQLite
 database; one warm-up call is discarded. Reported per mode: ``start`` -> first agent ``media``
 frame, and webhook answered -> first agent audio (p50/p95/max, ms, nearest rank). The table
 is printed and the whole report, samples included, written as JSON (``--output``).
@@ -42,11 +42,11 @@ from bench.bridge_latency import (  # noqa: E402
     free_port,
     machine_info,
     prepare_database,
-    start_daphne,
     start_fake,
+    start_server,
 )
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller  # noqa: E402
-from calls.processes import stop_process  # noqa: E402
+from calls.processes import PRODUCTION_SERVER, stop_process  # noqa: E402
 
 CALL_TIMEOUT = 20.0
 
@@ -115,7 +115,8 @@ async def run_mode(
         }
     )
     await asyncio.to_thread(prepare_database, env, 600)
-    server = start_daphne(env, port, logs / f"first_words_daphne_{'on' if preconnect else 'off'}.log")
+    log_name = f"first_words_{PRODUCTION_SERVER}_{'on' if preconnect else 'off'}.log"
+    server = start_server(PRODUCTION_SERVER, env, port, logs / log_name)
     try:
         await one_call(base_url, args.gap_ms / 1000)  # warm-up: imports, connections, caches
         limit = asyncio.Semaphore(args.concurrency)

@@ -77,6 +77,21 @@ def caller_body_intact(audio: str, speech: bool) -> bool:
     return audio[CALLER_TAG_B64:] == CALLER_BODY_B64[speech]
 
 
+FRAME_B64 = 4 * math.ceil(FRAME_BYTES / 3)  # one frame's base64 length, padding included
+
+
+def caller_frames_b64(audio: str) -> list[str]:
+    """The 20 ms frames of one ``input_audio_buffer.append``, each as the base64 it had in
+    its Twilio ``media`` message: the bridge may send several frames in one append."""
+    if len(audio) <= FRAME_B64:
+        return [audio]
+    try:
+        data = base64.b64decode(audio, validate=True)
+    except ValueError:
+        return [audio]
+    return [base64.b64encode(data[i : i + FRAME_BYTES]).decode() for i in range(0, len(data), FRAME_BYTES)]
+
+
 def agent_audio(session: int, first_seq: int, blocks: int, response: int) -> bytes:
     """``blocks`` consecutive tagged 20 ms blocks of agent audio."""
     pack = AGENT_TAG.pack

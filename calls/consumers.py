@@ -57,6 +57,9 @@ CLOSE_NO_START = 4408
 CLOSE_BAD_STREAM = 4400
 # The call ended because of an error on our side or OpenAI's (daphne allows 1000 or 3000-4999).
 CLOSE_CALL_FAILED = 4500
+# "Service restart" (RFC 6455 7.4.1): what uvicorn closes every WebSocket with, and tells the
+# application, when it stops. Daphne cancels the application instead (_server_stopping).
+CLOSE_SERVER_STOPPING = 1012
 START_TIMEOUT = 5.0
 # Before ``start`` the socket is only signature-checked (and that signature is the same for
 # every call): keep real-sized frames only, so early buffering stays bounded (~150 KB).
@@ -80,6 +83,7 @@ RECORD_EVERY_TICKS = 4
 
 class MediaStreamConsumer(AsyncWebsocketConsumer):
     call_sid = "-"
+    server_stopping = False
 
     async def __call__(
         self, scope: _ChannelScope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -114,22 +118,30 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         """Daphne cancels every connection when the server stops (SIGTERM, a deploy): end the
         call properly instead of leaving it open. What was said and recorded is stored, OpenAI
         is closed, and the 4500 close makes Twilio fetch ``<Connect action>`` (served by a
-        worker still running), so the caller hears an apology rather than dead air.
+        worker still running), so the caller hears an apology rather than dead air. (uvicorn
+        closes the sockets itself, with 1012: ``disconnect``.)
 
-        Daphne also cancels a consumer still running ``--application-close-timeout`` (10 s)
-        after its socket closed: the call's end is then still being stored (a database
-        retrying, a slow recording upload). That goes on in its own, shielded task."""
+        A server also cancels a consumer still running after its socket closed (daphne's
+        ``--application-close-timeout``, uvicorn's ``--timeout-graceful-shutdown``): the call's
+        end is then still being stored (a database retrying, a slow recording upload). That
+        goes on in its own, shielded task."""
         if getattr(self, "bridge", None) is None:
             return
-        stopping = not (self.twilio_closed and self.finishing is not None)
-        if stopping:
+        if not self.server_stopping and not (self.twilio_closed and self.finishing is not None):
+            self.server_stopping = True
             logger.warning("call %s: server stopping; ending the call", self.call_sid)
             self._request_end(EndCall("server_restart", "the server stopped during the call"))
-        else:
+        elif not self.server_stopping:
             logger.info(
-                "call %s: cancelled by daphne while the call's end was being stored; storing goes on",
+                "call %s: cancelled by the server while the call's end was being stored; storing goes on",
                 self.call_sid,
             )
+        await self._finish_before_exit(
+            "the server began stopping" if self.server_stopping else "the server cancelled it"
+        )
+
+    async def _finish_before_exit(self, since: str) -> None:
+        """Wait a bounded time for the call's end to be stored: the process is about to exit."""
         assert self.finishing is not None
         try:
             async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
@@ -142,7 +154,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 " kept until the database answers, lost if the process exits first",
                 self.call_sid,
                 SHUTDOWN_GRACE_SECONDS,
-                "the server began stopping" if stopping else "daphne cancelled it",
+                since,
                 "unavailable" if self.store.outage.paused else "slow",
                 self.store.unstored_description(),
             )
@@ -367,7 +379,13 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             agent_name=call.agent.name if call.agent else "",
         )
         now = time.monotonic()
-        self.bridge = CallBridge(agent, stream_sid=start.stream_sid, call_sid=self.call_sid, now=now)
+        self.bridge = CallBridge(
+            agent,
+            stream_sid=start.stream_sid,
+            call_sid=self.call_sid,
+            now=now,
+            frames_per_append=settings.OPENAI_AUDIO_APPEND_MS // twilio_media.INBOUND_FRAME_MS,
+        )
         actions = self.bridge.start(now)
         if agent.record and await self.recording.start(now):
             self.bridge.record_audio = True
@@ -605,18 +623,30 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         bridge = getattr(self, "bridge", None)
+        actions: list[Action] = []
         if bridge is not None and not self.twilio_closed:
-            # The caller's side closed, not us: nothing is left to send to it.
-            bridge.on_stream_closed(time.monotonic())
+            # The socket closed under us: nothing is left to send to the caller.
+            actions = bridge.on_stream_closed(time.monotonic())
         self.twilio_closed = True
         timer = getattr(self, "start_timer", None)
         if timer is not None:
             timer.cancel()
-        if getattr(self, "bridge", None) is None:
+        if bridge is None:
+            return
+        await self._perform(actions)
+        if code == CLOSE_SERVER_STOPPING and self.finishing is None:
+            # uvicorn stopping (SIGTERM, a deploy) closes every socket with 1012 itself.
+            # Stored as a restart: Twilio's <Connect action>, served by a worker still
+            # running, then apologises to the caller (services.call_apology).
+            self.server_stopping = True
+            logger.warning("call %s: server stopping; ending the call", self.call_sid)
+            self._request_end(EndCall("server_restart", "the server stopped during the call"))
+            await self._finish_before_exit("the server began stopping")
             return
         if self.finishing is None:
             self._request_end(EndCall("caller_hung_up"))
         assert self.finishing is not None
-        # Shielded: daphne cancels a consumer that outlives its socket by its close timeout, and
-        # that must not cancel the storing of the call (turns queued, recording, finalising).
+        # Shielded: a server may cancel a consumer that outlives its socket (daphne's
+        # --application-close-timeout, uvicorn's --timeout-graceful-shutdown), and that must
+        # not cancel the storing of the call (turns queued, recording, finalising).
         await asyncio.shield(self.finishing)

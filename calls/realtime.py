@@ -10,8 +10,9 @@ official SDK), which the fake server checks every event against.
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -134,6 +135,12 @@ def dumps(event: dict[str, Any]) -> str:
 def audio_append(payload: str) -> str:
     """``input_audio_buffer.append`` with Twilio's base64 payload as is (pcmu both sides)."""
     return f'{{"type":"input_audio_buffer.append","audio":"{payload}"}}'
+
+
+def joined_payloads(payloads: Iterable[str]) -> str:
+    """Several Twilio payloads as one: base64 strings with padding cannot just be concatenated
+    (a 160-byte frame ends in ``==``), so the audio is decoded and encoded once more."""
+    return base64.b64encode(b"".join(base64.b64decode(payload) for payload in payloads)).decode("ascii")
 
 
 def response_create(

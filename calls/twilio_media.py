@@ -19,6 +19,8 @@ from calls.audio import base64_size
 _SID = re.compile(r"[A-Z]{2}[0-9a-fA-F]{32}")
 # Caps what one frame may carry; Twilio's media frames are about 300 bytes.
 MAX_FRAME_CHARS = 64 * 1024
+# Twilio sends the caller's audio in 20 ms frames (160 bytes of 8 kHz mu-law).
+INBOUND_FRAME_MS = 20
 MARK_NAME_MAX = 64
 # Media timestamps are milliseconds since the stream started; a day is far beyond any call.
 MAX_TIMESTAMP_MS = 24 * 3600 * 1000

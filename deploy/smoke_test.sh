@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the example deployment on this machine: nginx with deploy/nginx/voiceagent.conf
-# (moved to 127.0.0.1:8080/8443, a throwaway self-signed certificate) in front of two daphne
-# workers started like deploy/systemd/voiceagent@.service, sharing a fresh PostgreSQL database
-# and a Redis channel layer; then simulated calls through wss:// with bench/bridge_latency.py.
+# (moved to 127.0.0.1:8080/8443, a throwaway self-signed certificate) in front of two uvicorn
+# workers started by `manage.py serve` as in deploy/Procfile (the options of
+# deploy/systemd/voiceagent@.service), sharing a fresh PostgreSQL database and a Redis channel
+# layer; then simulated calls through wss:// with bench/bridge_latency.py.
 #
 #   bash deploy/smoke_test.sh        # needs nginx, openssl, PostgreSQL and Redis on 127.0.0.1
 #
@@ -39,7 +40,9 @@ pid $WORK/nginx.pid;
 error_log $WORK/nginx-error.log;
 events {}
 http {
-    access_log off;
+    # Which worker took each request: the workers themselves keep no access log.
+    log_format routed '\$uri \$status \$upstream_addr';
+    access_log $WORK/access.log routed;
     client_body_temp_path $WORK;
     proxy_temp_path $WORK;
     include $WORK/site.conf;
@@ -53,13 +56,17 @@ export DATABASE_URL=$POSTGRES_URL/$DB REDIS_URL=$REDIS PUBLIC_BASE_URL=https://1
     TWILIO_AUTH_TOKEN=bench-auth-token-0123456789abcdef OPENAI_API_KEY=sk-bench-0123456789 \
     OPENAI_REALTIME_URL=ws://127.0.0.1:8765/v1/realtime MEDIA_ROOT=$WORK/media LOG_LEVEL=WARNING
 "$PY" manage.py migrate --noinput -v 0
-for i in 1 2; do
-    WORKER_ROUTE=w$i "$ROOT/.venv/bin/daphne" --bind 127.0.0.1 --port "800$i" --proxy-headers \
-        --application-close-timeout 20 voiceagent.asgi:application > "$WORK/worker$i.log" 2>&1 &
-    PIDS+=($!)
-done
+# Workers 1 and 2 on 8001 and 8002 (WORKER_ROUTE w1, w2). Its SIGTERM (cleanup) stops both.
+"$PY" manage.py serve --workers 2 --port 8001 > "$WORK/serve.log" 2>&1 &
+PIDS+=($!)
 nginx -c "$WORK/nginx.conf"
-for _ in $(seq 50); do curl -sfk -o /dev/null https://127.0.0.1:8443/admin/login/ && break; sleep 0.2; done
+for i in 1 2; do  # the workers start side by side: wait for each one's own port
+    for _ in $(seq 100); do
+        kill -0 "${PIDS[0]}" 2>/dev/null || { echo "FAIL manage.py serve exited"; cat "$WORK/serve.log"; exit 1; }
+        curl -sf -o /dev/null -H 'Host: 127.0.0.1' "http://127.0.0.1:800$i/healthz" && break
+        sleep 0.2
+    done
+done
 
 check() {  # name, expected, actual
     if [ "$2" = "$3" ]; then echo "ok   $1: $3"; else echo "FAIL $1: expected $2, got $3"; exit 1; fi
@@ -89,10 +96,11 @@ print(f"ok   10 calls through nginx: {r['calls_connected']} connected, {len(r['f
 sys.exit(0 if r["calls_connected"] == 10 and not r["failed_calls"] else 1)
 EOF
 for i in 1 2; do
-    # Each media socket came back to the worker that answered its webhook (WORKER_ROUTE=w$i).
-    mine=$(grep -c "WSCONNECT /media-stream/w$i" "$WORK/worker$i.log" || true)
-    all=$(grep -c 'WSCONNECT /media-stream' "$WORK/worker$i.log" || true)
+    # Each media socket came back to the worker that answered its webhook (WORKER_ROUTE=w$i):
+    # nginx sent every /media-stream/w$i to 127.0.0.1:800$i, none to the backup.
+    all=$(grep -c "^/media-stream/w$i " "$WORK/access.log" || true)
+    mine=$(grep -c "^/media-stream/w$i 101 127.0.0.1:800$i\$" "$WORK/access.log" || true)
     check "worker $i took only its own calls' media sockets" "$all" "$mine"
     echo "ok   worker $i took $mine media sockets"
 done
-if grep -l Traceback "$WORK"/worker*.log; then echo "FAIL a worker logged a traceback"; exit 1; fi
+if grep -q Traceback "$WORK/serve.log"; then echo "FAIL a worker logged a traceback"; exit 1; fi

@@ -31,8 +31,12 @@ _RETURNS_ACTIONS = frozenset(
 
 
 class DrivenBridge:
-    def __init__(self, agent: AgentConfig, *, stream_sid: str, call_sid: str, now: float) -> None:
-        bridge = CallBridge(agent, stream_sid=stream_sid, call_sid=call_sid, now=now)
+    def __init__(
+        self, agent: AgentConfig, *, stream_sid: str, call_sid: str, now: float, frames_per_append: int = 1
+    ) -> None:
+        bridge = CallBridge(
+            agent, stream_sid=stream_sid, call_sid=call_sid, now=now, frames_per_append=frames_per_append
+        )
         object.__setattr__(self, "bridge", bridge)
         object.__setattr__(self, "_actions", list(bridge.start(now)))
 

@@ -108,7 +108,7 @@ def call_params(call_sid: str = "CA" + "1" * 32, **extra: str) -> dict[str, str]
     return params
 
 
-# --- end-to-end: real daphne, real database, fakes at the network edge --------------------
+# --- end-to-end: the real server, real database, fakes at the network edge --------------------
 
 OPENAI_KEY = "sk-test-e2e-0123456789"
 
@@ -205,11 +205,11 @@ def server_environment(fake_openai, fake_twilio_rest, media_root) -> dict[str, s
 
 @pytest.fixture(scope="session")
 def server_process(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp_path_factory):
-    from tests.servers import start_daphne
+    from tests.servers import start_asgi_server
 
-    server = start_daphne(
+    server = start_asgi_server(
         server_environment(fake_openai, fake_twilio_rest, media_root),
-        tmp_path_factory.mktemp("logs") / "daphne.log",
+        tmp_path_factory.mktemp("logs") / "server.log",
     )
     yield server
     server.stop()
@@ -218,17 +218,21 @@ def server_process(django_db_setup, fake_openai, fake_twilio_rest, media_root, t
 @pytest.fixture
 def start_server(django_db_setup, fake_openai, fake_twilio_rest, media_root, tmp_path, settings):
     """Start another server on the test database with some settings changed (a broken OpenAI
-    URL, a short session limit); it is stopped after the test."""
-    from tests.servers import start_daphne
+    URL, a short session limit): production's server unless ``server`` names another (such as
+    "daphne", what runserver serves), with ``args`` added to its command line; it is stopped
+    after the test."""
+    from calls.processes import PRODUCTION_SERVER
+    from tests.servers import start_asgi_server
 
     started = []
 
-    def start(daphne_args: tuple[str, ...] = (), **overrides: str):
+    def start(server: str = PRODUCTION_SERVER, args: tuple[str, ...] = (), **overrides: str):
         env = server_environment(fake_openai, fake_twilio_rest, media_root) | overrides
-        server = start_daphne(env, tmp_path / f"daphne-{len(started)}.log", daphne_args=daphne_args)
-        started.append(server)
-        settings.PUBLIC_BASE_URL = server.url
-        return server
+        log_path = tmp_path / f"{server}-{len(started)}.log"
+        live_server = start_asgi_server(env, log_path, server=server, args=args)
+        started.append(live_server)
+        settings.PUBLIC_BASE_URL = live_server.url
+        return live_server
 
     yield start
     for server in started:

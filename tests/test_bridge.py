@@ -26,14 +26,16 @@ AGENT = AgentConfig(
 )
 
 
-def make_bridge(agent: AgentConfig = AGENT, *, now: float = 0.0) -> DrivenBridge:
-    bridge = DrivenBridge(agent, stream_sid=STREAM, call_sid="CA" + "1" * 32, now=now)
+def make_bridge(agent: AgentConfig = AGENT, *, now: float = 0.0, frames_per_append: int = 1) -> DrivenBridge:
+    bridge = DrivenBridge(
+        agent, stream_sid=STREAM, call_sid="CA" + "1" * 32, now=now, frames_per_append=frames_per_append
+    )
     bridge.drain()  # the round-trip probe mark
     return bridge
 
 
-def live_bridge(agent: AgentConfig = AGENT) -> DrivenBridge:
-    bridge = make_bridge(agent)
+def live_bridge(agent: AgentConfig = AGENT, *, frames_per_append: int = 1) -> DrivenBridge:
+    bridge = make_bridge(agent, frames_per_append=frames_per_append)
     bridge.on_openai_connected()
     bridge.on_openai(session_updated(), 0.0)
     bridge.drain()
@@ -163,6 +165,44 @@ def test_caller_audio_before_openai_is_ready_is_buffered_in_order():
     bridge.on_twilio(media(b"\x7f" * 160, 100), 0.0)
     [after] = openai_sent(bridge.drain())
     assert base64.b64decode(after["audio"]) == b"\x7f" * 160
+
+
+def test_caller_frames_go_to_openai_two_per_append_when_set():
+    """OPENAI_AUDIO_APPEND_MS=40: each append carries two Twilio frames, byte for byte and in
+    order (their base64 strings end in padding, so they are joined as audio, not as text)."""
+    bridge = live_bridge(frames_per_append=2)
+    frames = [bytes([i + 1]) * 160 for i in range(5)]
+    sent: list[dict] = []
+    for i, frame in enumerate(frames):
+        bridge.on_twilio(media(frame, 20 * i), 0.0)
+        sent.append(openai_sent(bridge.drain()))
+    assert [len(batch) for batch in sent] == [0, 1, 0, 1, 0]
+    appends = [e for batch in sent for e in batch]
+    assert [e["type"] for e in appends] == ["input_audio_buffer.append"] * 2
+    assert [base64.b64decode(e["audio"]) for e in appends] == [frames[0] + frames[1], frames[2] + frames[3]]
+
+
+def test_a_frame_held_for_the_next_append_is_not_sent_twice_after_a_lost_session():
+    """The held frame is part of the utterance kept for a new session: the caller was speaking,
+    so the new session hears it once, in the replayed audio, and never from the old batch."""
+    bridge = live_bridge(frames_per_append=2)
+    bridge.on_openai(
+        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "it1"}, 0.0
+    )
+    frames = [bytes([i + 1]) * 160 for i in range(3)]
+    for i, frame in enumerate(frames):
+        bridge.on_twilio(media(frame, 20 * i), 0.0)
+    bridge.drain()
+    bridge.on_openai_lost(1.0, "dropped")
+    bridge.on_openai_connected()
+    bridge.on_openai(session_updated(), 1.0)
+    bridge.on_twilio(media(b"\x09" * 160, 60), 1.0)
+    audio = b"".join(
+        base64.b64decode(e["audio"])
+        for e in openai_sent(bridge.drain())
+        if e["type"] == "input_audio_buffer.append"
+    )
+    assert audio.count(frames[2]) == 1 and audio.startswith(frames[0])
 
 
 def test_greeting_asks_for_a_first_response():

@@ -17,6 +17,7 @@ from django.db import connection
 from calls import services
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, EndedReason, Role
+from calls.processes import PRODUCTION_SERVER
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, speak
 from tests.waiting import wait_until
 
@@ -78,17 +79,25 @@ def test_kill_9_mid_call_keeps_completed_turns_and_restart_closes_the_call(
         assert wav.getnframes() > 8000  # the greeting and the answer were well over a second
 
 
+# How each server closes the caller's socket when it stops: daphne cancels the application,
+# which closes with 4500; uvicorn closes every socket with 1012 itself. Twilio fetches
+# <Connect action> after either.
+STOP_CLOSE_CODES = {"daphne": 4500, PRODUCTION_SERVER: 1012}
+
+
+@pytest.mark.parametrize("server_name", [PRODUCTION_SERVER, "daphne"])
 def test_sigterm_mid_call_ends_the_call_cleanly_and_keeps_everything(
-    live, loop, start_server, fake_openai, media_root
+    live, loop, start_server, fake_openai, media_root, server_name
 ):
     """A deploy stops the server: the call is finalised (not left open for the next start to
-    find), turns and recording are stored, OpenAI is closed, and Twilio gets 4500 so it
-    fetches ``<Connect action>`` and the caller hears the apology."""
-    server = start_server()
+    find), turns and recording are stored, OpenAI is closed, and Twilio's stream is closed so
+    it fetches ``<Connect action>`` and the caller hears the apology."""
+    server = start_server(server_name)
     caller, greeting, answer, session = three_turns_in(server, loop, fake_openai)
     server.process.send_signal(signal.SIGTERM)
-    assert loop.run(caller.wait_closed_by_server(timeout=15)) == 4500
-    assert server.process.wait(timeout=20) == 0
+    assert loop.run(caller.wait_closed_by_server(timeout=15)) == STOP_CLOSE_CODES[server_name]
+    server.process.wait(timeout=20)
+    assert server.stopped_cleanly, server.log()
     loop.run(caller.aclose())
 
     call = Call.objects.get()
@@ -114,7 +123,7 @@ def test_a_call_daphne_gives_up_on_while_it_is_stored_is_still_finished(
     its own: the call is finalised as the caller's hang-up, not as a server restart. (The
     cancellation used to reach that task through ``disconnect``: the call stayed "in progress"
     and the turns still queued for the database were lost.)"""
-    server = start_server(daphne_args=("--application-close-timeout", "0"))
+    server = start_server("daphne", args=("--application-close-timeout", "0"))
     fake_openai.set_script(Script(caller_transcripts=["Bye."], transcription_delay=3.0))
     sessions_before = len(fake_openai.sessions)
 
@@ -131,7 +140,7 @@ def test_a_call_daphne_gives_up_on_while_it_is_stored_is_still_finished(
     assert call.ended_reason == EndedReason.CALLER_HUNG_UP
     log = server.log()
     assert "took too long to shut down and was killed" in log  # daphne did cancel it
-    assert "cancelled by daphne while the call's end was being stored" in log
+    assert "cancelled by the server while the call's end was being stored" in log
     assert "server stopping" not in log
 
 
@@ -209,7 +218,7 @@ def test_turns_queued_when_the_caller_hangs_up_in_a_database_outage_are_written_
     """The caller hangs up while the database is away, with turns still queued; daphne then
     gives up on the consumer (``--application-close-timeout``, here 0). Once the database is
     back, every turn is written and the call is finalised: nothing said is lost."""
-    server = start_server(daphne_args=("--application-close-timeout", "0"))
+    server = start_server("daphne", args=("--application-close-timeout", "0"))
     Agent.objects.update(greeting="Hello there.")
     greeting = Reply(transcript="Hello there.")
     answer = Reply(transcript="Yes, we deliver to your street.")

@@ -33,7 +33,9 @@ from websockets.exceptions import ConnectionClosed
 from calls.fakes.openai_realtime import Reply, Script
 from calls.fakes.twilio_caller import SimulatedCaller, twilio_signature
 from calls.models import Agent, Call, EndedReason, Role
+from calls.processes import WS_MAX_MESSAGE_BYTES
 from tests.conftest import AUTH_TOKEN
+from tests.servers import application_error_in
 from tests.test_e2e_bridge import caller_for, dial, hang_up_and_wait, speak
 from tests.waiting import wait_until
 
@@ -51,7 +53,7 @@ SELF_SID = "\x00self-sid"
 SELF_CALL = "\x00self-call"
 SELF_PARAMS = "\x00self-params"
 OTHER_SID = "MZ" + "e" * 32
-MAX_DAPHNE_MESSAGE = 1024 * 1024  # daphne closes the socket (1009) on bigger messages
+MAX_SERVER_MESSAGE = WS_MAX_MESSAGE_BYTES  # the server closes the socket (1009) on bigger messages
 
 
 @dataclass
@@ -218,7 +220,7 @@ oversized = st.builds(
         if kind == "text"
         else {"event": "media", "streamSid": SELF_SID, "media": {"payload": "A" * (size - (size % 4))}}
     ),
-    st.sampled_from([64 * 1024 + 1, 100_000, 500_000, MAX_DAPHNE_MESSAGE + 1]),
+    st.sampled_from([64 * 1024 + 1, 100_000, 500_000, MAX_SERVER_MESSAGE + 1]),
     st.sampled_from(["text", "media"]),
 )
 invalid_base64 = media(payload=bad_payloads)
@@ -258,7 +260,7 @@ class Target:
     caller: SimulatedCaller | None = None
     ws: ClientConnection | None = None
     sent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=60))
-    too_big_sent: bool = False  # daphne drops the connection on a message over its limit
+    too_big_sent: bool = False  # the server drops the connection on a message over its limit
 
     @property
     def closed(self) -> bool:
@@ -292,7 +294,7 @@ class Target:
 
     async def send(self, data: str | bytes) -> None:
         self.sent.append(data if len(data) <= 160 else f"{data[:120]!r}... ({len(data)} long)")
-        self.too_big_sent |= len(data) > MAX_DAPHNE_MESSAGE
+        self.too_big_sent |= len(data) > MAX_SERVER_MESSAGE
         try:
             if self.caller is not None:
                 await self.caller.send_raw(data)
@@ -340,7 +342,7 @@ async def open_unstarted(stream_url: str) -> Target:
 
 
 # Why the server may close a fuzzed socket: a valid stop (1000); before a valid start also a
-# refused start (4403, 4400) or no start in time (4408). A message over daphne's limit makes
+# refused start (4403, 4400) or no start in time (4408). A message over the server's limit makes
 # it drop the connection (1009, or no close frame at all when the drop beats it).
 ALLOWED_CLOSES = {"dialed": {1000}, "unstarted": {1000, 4400, 4403, 4408}}
 TOO_BIG_CLOSES = {1006, 1009, None}
@@ -532,5 +534,5 @@ def test_hostile_frames_never_disturb_other_calls(live, loop, fake_openai, monke
     assert not Call.objects.filter(call_sid__in=fuzzed, ended_at__isnull=True).exists()
     assert live.process.poll() is None
     text = log.text()
-    assert "Traceback" not in text and "Exception inside application" not in text
+    assert "Traceback" not in text and not application_error_in(text)
     assert [line for line in text.splitlines() if " ERROR " in line] == []

@@ -8,10 +8,16 @@ Redis on 127.0.0.1 (`.ci/run` starts them); without them this test fails, it nev
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,9 +26,11 @@ from channels_redis.core import RedisChannelLayer
 from calls import live
 from calls.fakes.openai_realtime import Reply, Script
 from calls.fakes.twilio_caller import CallerConfig, SimulatedCaller
+from calls.processes import stop_process, wait_for_port
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, OPENAI_KEY
-from tests.servers import ROOT, LiveServer, start_daphne
+from tests.servers import ROOT, LiveServer, free_port
 from tests.test_e2e_bridge import hang_up_and_wait
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -67,11 +75,48 @@ def workers(shared_database, fake_openai, fake_twilio_rest, tmp_path_factory) ->
         # Pre-connect is on (the default); a session the other worker never claims goes soon.
         "OPENAI_PRECONNECT_TTL": str(PRECONNECT_TTL),
     }
-    logs = tmp_path_factory.mktemp("workers")
-    servers = [start_daphne(env, logs / f"worker-{n}.log") for n in range(2)]
-    yield servers
-    for server in servers:
-        server.stop()
+    # Production's one command: `manage.py serve` starts both, worker N with WORKER_ROUTE=wN.
+    supervisor = start_serve(env, tmp_path_factory.mktemp("workers") / "serve.log", workers=2)
+    yield supervisor.workers
+    supervisor.stop()
+
+
+@dataclass
+class Serve:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    workers: list[LiveServer]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=40)
+
+
+def start_serve(env: dict[str, str], log_path: Path, *, workers: int) -> Serve:
+    first = free_port()
+    while not all(port_is_free(first + n) for n in range(workers)):
+        first = free_port()
+    environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | env
+    command = [sys.executable, "manage.py", "serve", "--workers", str(workers), "--port", str(first)]
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+    serve = Serve(process, log_path, [])
+    for n in range(workers):
+        port = first + n
+        wait_for_port(process, port, timeout=30, name=f"serve's worker {n + 1}", log=serve.log)
+        serve.workers.append(LiveServer(f"http://127.0.0.1:{port}", port, process, log_path))
+    return serve
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def query(database: str, sql: str, *params: object) -> list[tuple]:
@@ -188,3 +233,61 @@ def test_stream_on_another_worker_connects_afresh_and_the_preconnect_expires_unu
 async def live_hang_up(layer: RedisChannelLayer, call_sid: str) -> None:
     """What ``calls.live.request_hang_up`` sends, through this test's own Redis layer."""
     await layer.group_send(live.call_group(call_sid), {"type": "call.hangup", "by": "operator"})
+
+
+def healthy(server: LiveServer) -> bool:
+    try:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_serve_gives_each_worker_its_route_restarts_a_killed_one_and_stops_all_on_sigterm(
+    shared_database, loop, fake_openai, tmp_path
+):
+    """`manage.py serve`, production's one command: worker N names route wN in the Stream URL
+    (so the proxy brings the media socket back to the worker holding the pre-connected
+    session), a worker killed with SIGKILL is started again, and SIGTERM stops every worker
+    before the supervisor exits with status 0."""
+    env = {
+        "DATABASE_URL": shared_database,
+        "PUBLIC_BASE_URL": PUBLIC,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "OPENAI_API_KEY": OPENAI_KEY,
+        "OPENAI_REALTIME_URL": fake_openai.url,
+        "OPENAI_PRECONNECT": "false",
+        "DEBUG": "false",
+        "SECRET_KEY": "multi-worker-test",
+        "REDIS_URL": REDIS,
+    }
+    serve = start_serve(env, tmp_path / "serve.log", workers=2)
+    try:
+        for number, worker in enumerate(serve.workers, start=1):
+            caller = SimulatedCaller(
+                CallerConfig(base_url=worker.url, public_base_url=PUBLIC, auth_token=AUTH_TOKEN)
+            )
+            result = loop.run(caller.post_webhook())
+            assert result.status == 200
+            assert result.stream_url is not None and result.stream_url.endswith(f"/media-stream/w{number}")
+            loop.run(caller.aclose())
+
+        children = worker_pids(serve.process.pid)
+        assert len(children) == 2
+        os.kill(children[0], signal.SIGKILL)
+        killed = "Worker 1 exited with status -9"
+        wait_until(lambda: killed in serve.log(), 10, "the supervisor seeing the kill")
+        wait_until(lambda: all(healthy(w) for w in serve.workers), 20, "both workers serving again")
+        replacement = worker_pids(serve.process.pid)
+        assert len(replacement) == 2 and children[0] not in replacement and children[1] in replacement
+    finally:
+        serve.process.send_signal(signal.SIGTERM)
+        assert serve.process.wait(timeout=40) == 0, serve.log()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in replacement)
+    assert "Stopping 2 worker(s)" in serve.log()
+
+
+def worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children]

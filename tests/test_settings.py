@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from calls.processes import PRODUCTION_SERVER, asgi_server_command
 from voiceagent import env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def start_django(**variables: str) -> subprocess.CompletedProcess[str]:
         ("OPENAI_PRECONNECT", "sometimes"),
         ("OPENAI_PRECONNECT_TTL", "soon"),
         ("OPENAI_PRECONNECT_TTL", "0"),
+        ("OPENAI_AUDIO_APPEND_MS", "30"),
         ("WORKER_ROUTE", "w/1"),
         ("WORKER_ROUTE", "x" * 33),
         ("MAX_CONCURRENT_CALLS", "abc"),
@@ -66,10 +68,11 @@ def test_production_requires_a_secret_key():
     assert "Traceback" not in result.stderr
 
 
-def test_daphne_stops_with_one_line_on_a_malformed_variable():
+@pytest.mark.parametrize("server", [PRODUCTION_SERVER, "daphne"])
+def test_the_server_stops_with_one_line_on_a_malformed_variable(server):
     environment = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     result = subprocess.run(
-        [sys.executable, "-m", "daphne", "-p", "0", "voiceagent.asgi:application"],
+        asgi_server_command(server, port=0),
         cwd=ROOT,
         env=environment | {"MAX_CONCURRENT_CALLS": "abc"},
         capture_output=True,
@@ -175,6 +178,7 @@ DEVELOPER = {
     "OPENAI_SESSION_MAX_SECONDS": "600",
     "OPENAI_PRECONNECT": "false",
     "OPENAI_PRECONNECT_TTL": "5",
+    "OPENAI_AUDIO_APPEND_MS": "60",
     "WORKER_ROUTE": "w1",
     "VOICE_AGENT_PRICES_JSON": '{"gpt-realtime": {"text_in": 1}}',
     "RECORDING_WORK_DIR": "/srv/voice/recordings",

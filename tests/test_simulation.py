@@ -24,7 +24,7 @@ from calls.fakes import standin, wav
 from calls.fakes.openai_realtime import Reply, Script
 from calls.models import Agent, Call, CallStatus, EndedReason, Role
 from tests.conftest import AUTH_TOKEN
-from tests.servers import ROOT, database_url, free_port, start_daphne
+from tests.servers import ROOT, database_url, free_port, start_asgi_server
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -179,7 +179,7 @@ def test_realtime_standin_command_answers_a_simulated_call_from_its_script(
     server = None
     try:
         _wait_for_port(model, port)
-        server = start_daphne(
+        server = start_asgi_server(
             {
                 "DATABASE_URL": database_url(connection.settings_dict),
                 "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
@@ -190,7 +190,7 @@ def test_realtime_standin_command_answers_a_simulated_call_from_its_script(
                 "DEBUG": "false",
                 "SECRET_KEY": "e2e-secret-key-not-for-production",
             },
-            tmp_path / "daphne.log",
+            tmp_path / "server.log",
         )
         settings.PUBLIC_BASE_URL = server.url
         question = speech_wav(tmp_path / "q.wav")

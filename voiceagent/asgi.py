@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP goes to Django, WebSockets to the Channels routes of ``calls``.
 
-Serve with ``daphne voiceagent.asgi:application`` or ``manage.py runserver``.
+Production serves it with uvicorn (``manage.py serve``, deploy/); ``manage.py runserver``
+with daphne (development).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from voiceagent.env import exit_on_configuration_error
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voiceagent.settings")
 
-# Under `daphne voiceagent.asgi:application`, a malformed variable ends the process with one
-# line naming it (status 1) rather than a traceback through daphne's import of this module.
+# Under uvicorn or daphne, a malformed variable ends the process with one line naming it
+# (status 1) rather than a traceback through the server's import of this module.
 exit_on_configuration_error()
 
 # Build Django first: the routing below imports models.

@@ -102,7 +102,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Serves the admin's and the live page's static files from daphne itself in production.
+    # Serves the admin's and the live page's static files from the ASGI server itself.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -190,6 +190,12 @@ OPENAI_SESSION_MAX_SECONDS = env_int("OPENAI_SESSION_MAX_SECONDS", 55 * 60, mini
 # (calls/preconnect.py). A session the media socket never claims closes after the TTL.
 OPENAI_PRECONNECT = env_bool("OPENAI_PRECONNECT", True)
 OPENAI_PRECONNECT_TTL = env_float("OPENAI_PRECONNECT_TTL", 15.0, minimum=0.1)
+# Caller audio per input_audio_buffer.append, in ms: Twilio sends 20 ms frames; sending two at
+# a time halves the messages to OpenAI (and their CPU) and delays what OpenAI hears, its voice
+# activity detection included, by 20 ms at most (bench/README.md measures both).
+OPENAI_AUDIO_APPEND_MS = int(
+    env_pattern("OPENAI_AUDIO_APPEND_MS", r"20|40|60|80|100", "20, 40, 60, 80 or 100") or 20
+)
 # This worker's name in the Stream URL (wss://host/media-stream/<route>) with several workers
 # behind a proxy: the proxy sends each media socket to the worker that answered its webhook,
 # where its OpenAI session is already open (deploy/nginx/voiceagent.conf). Empty: /media-stream.

@@ -69,8 +69,13 @@ class CallBridge:
     """One call's bridge. Every public ``on_*`` method (and ``start``, ``finish``) returns the
     actions it decided, in order."""
 
-    def __init__(self, agent: AgentConfig, *, stream_sid: str, call_sid: str, now: float) -> None:
+    def __init__(
+        self, agent: AgentConfig, *, stream_sid: str, call_sid: str, now: float, frames_per_append: int = 1
+    ) -> None:
         self.agent = agent
+        # Twilio's 20 ms frames sent to OpenAI per input_audio_buffer.append (OPENAI_AUDIO_APPEND_MS).
+        self.frames_per_append = frames_per_append
+        self._unsent: list[str] = []
         self.stream_sid = stream_sid
         self.call_sid = call_sid
         self.conversation = Conversation(started_at=now)
@@ -180,6 +185,7 @@ class CallBridge:
             self._early.extend(self._uncommitted)
         self._caller_speaking = False
         self._uncommitted.clear()
+        self._unsent.clear()  # in _uncommitted too: replayed with it if the caller was speaking
         if not planned:
             self.reconnects += 1
             conversation.emit(RecordError(f"OpenAI session lost ({reason}); reconnecting"))
@@ -229,7 +235,14 @@ class CallBridge:
             if self._first_media_ms is None:
                 self._first_media_ms = event.timestamp_ms
             if conversation.session_ready:
-                conversation.send_openai(realtime.audio_append(event.payload))
+                if self.frames_per_append == 1:
+                    conversation.send_openai(realtime.audio_append(event.payload))
+                else:
+                    unsent = self._unsent
+                    unsent.append(event.payload)
+                    if len(unsent) >= self.frames_per_append:
+                        conversation.send_openai(realtime.audio_append(realtime.joined_payloads(unsent)))
+                        unsent.clear()
                 uncommitted = self._uncommitted
                 uncommitted.append(event.payload)
                 if not self._caller_speaking and len(uncommitted) > PREFIX_FRAMES:
