@@ -397,6 +397,11 @@ class BenchCall:
         self.marks: deque[tuple[float, str]] = deque()
         self.marks_echoed = 0
         self.clears = 0
+        # barge-in accuracy: when each response (session, response index) began to play, how
+        # much of it arrived, and at each clear what had played of the response then playing
+        self.response_play_start: dict[tuple[int, int], float] = {}
+        self.response_bytes: dict[tuple[int, int], int] = {}
+        self.heard_at_clear: list[tuple[int, int, float]] = []  # session, response, ms heard
         # conversation
         self.last_response = -1
         self.response_first_t: dict[int, float] = {}
@@ -621,6 +626,7 @@ class BenchCall:
                             self.marks.append((self.play_end, name))
                     elif kind == "clear":
                         self.clears += 1
+                        self._note_heard(now)
                         self.play_end = now
                         while self.marks:  # Twilio echoes every pending mark at once
                             await ws.send(self._mark_echo(self.marks.popleft()[1]))
@@ -629,11 +635,21 @@ class BenchCall:
                 except (KeyError, TypeError, ValueError):
                     self.protocol_errors += 1
 
+    def _note_heard(self, now: float) -> None:
+        """A clear: what the caller heard of the response playing now (Twilio stops there)."""
+        playing = [(start, key) for key, start in self.response_play_start.items() if start <= now]
+        if not playing:
+            return
+        start, key = max(playing)
+        heard_ms = min((now - start) * 1000, self.response_bytes[key] / 8)
+        self.heard_at_clear.append((*key, heard_ms))
+
     def _on_audio(self, data: bytes, now: float) -> None:
         if self.t_first_audio is None:
             self.t_first_audio = now
         self.t_last_audio = now
-        self.play_end = max(now, self.play_end) + len(data) / 8000
+        chunk_plays_at = max(now, self.play_end)
+        self.play_end = chunk_plays_at + len(data) / 8000
         offset = self.rx_bytes
         n = len(data)
         i = self.next_tag_at - offset
@@ -649,6 +665,10 @@ class BenchCall:
                 i = j
                 continue
             _, session, block, response = AGENT_TAG.unpack_from(data, i)
+            key = (session, response)
+            if key not in self.response_play_start:
+                self.response_play_start[key] = chunk_plays_at + i / 8000
+            self.response_bytes[key] = self.response_bytes.get(key, 0) + BLOCK_BYTES
             self.rx_session.append(session)
             self.rx_block.append(block)
             self.rx_t.append(now)
@@ -830,6 +850,8 @@ def analyse(calls: list[BenchCall], dump: dict[str, Any], origin: float) -> dict
     first_audio: list[float] = []
     openai_connect: list[float] = []
     failed = []
+    truncation_errors: list[float] = []  # ms, truncated at minus heard (+: said heard, was not)
+    clears_unmatched = 0
     for call in calls:
         session = sessions.get(call.id)
         if call.error or session is None:
@@ -852,6 +874,13 @@ def analyse(calls: list[BenchCall], dump: dict[str, Any], origin: float) -> dict
             continue
         if call.t_start_sent is not None:
             openai_connect.append(session["t_open"] - call.t_start_sent)
+        # barge-in: where the bridge truncated the answer against what the caller had heard
+        truncated_at = {response: end_ms for response, end_ms in session.get("truncates", [])}
+        for heard_session, response, heard_ms in call.heard_at_clear:
+            if heard_session == session["index"] and response in truncated_at:
+                truncation_errors.append(truncated_at[response] - heard_ms)
+            else:
+                clears_unmatched += 1
         # caller -> OpenAI
         ready = session["t_session_updated"] or float("inf")
         seen = bytearray(sent)
@@ -918,6 +947,15 @@ def analyse(calls: list[BenchCall], dump: dict[str, Any], origin: float) -> dict
         "openai_to_caller_frames": d,
         "first_agent_audio_ms": percentiles(first_audio),
         "start_to_openai_connect_ms": percentiles(openai_connect),
+        # |truncated at - heard| per barge-in, in ms; over 20: more than one frame off
+        "barge_in_truncation_error_ms": {
+            **percentiles([abs(e) / 1000 for e in truncation_errors]),
+            "signed_mean": round(sum(truncation_errors) / len(truncation_errors), 2)
+            if truncation_errors
+            else None,
+            "over_one_frame": sum(1 for e in truncation_errors if abs(e) > 20),
+            "clears_without_truncate": clears_unmatched,
+        },
         "failed_calls": failed,
         "calls_connected": sum(1 for c in calls if c.connected),
         "calls_failed_to_connect": sum(1 for f in failed if f["kind"] == "connect"),
@@ -1228,10 +1266,14 @@ def print_table(report: dict[str, Any]) -> None:
             f"(dropped after barge-in {df['dropped_after_barge_in']}, "
             f"after hang-up {df['sent_after_hangup']}, misrouted {df['misrouted']}, corrupt {df['corrupt']})"
         )
+        trunc = r.get("barge_in_truncation_error_ms") or {}
         print(
             f"             turns {r['turns']}, barge-ins {r['barge_ins']}, clears {r['clears']}, "
             f"recordings stored {fmt(r['recordings_stored'])} of {r['calls_connected']} connected calls, "
-            f"close codes {r['close_codes']}; ramp {r['ramp_s']:g} s"
+            f"close codes {r['close_codes']}; ramp {r['ramp_s']:g} s; "
+            f"barge-in truncation vs heard |error| p50/p99/max {fmt(trunc.get('p50'))}/"
+            f"{fmt(trunc.get('p99'))}/{fmt(trunc.get('max'))} ms, over 20 ms {trunc.get('over_one_frame')}, "
+            f"clears without a truncate {trunc.get('clears_without_truncate')}"
             + (f"; ABANDONED: {r['abandoned']}" if r["abandoned"] else "")
         )
         print(

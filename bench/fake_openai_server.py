@@ -107,6 +107,7 @@ class Session:
     deltas: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, first seq, n, response
     responses: list[Answer] = field(default_factory=list)
     speech_started: list[float] = field(default_factory=list)
+    truncates: list[tuple[int, int]] = field(default_factory=list)  # response index, audio_end_ms
     client_events: dict[str, int] = field(default_factory=dict)
     errors_sent: dict[str, int] = field(default_factory=dict)
     # state
@@ -144,6 +145,7 @@ class Session:
                 for r in self.responses
             ],
             "speech_started": self.speech_started,
+            "truncates": self.truncates,
             "client_events": self.client_events,
             "errors_sent": self.errors_sent,
         }
@@ -254,6 +256,10 @@ class LeanRealtimeFake:
             else:
                 session.active.cancelled = "client_cancelled"
         elif kind == "conversation.item.truncate":
+            item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+            answer = next((r for r in session.responses if r.item_id == item_id), None)
+            if answer is not None and isinstance(end_ms, int):
+                session.truncates.append((answer.index, end_ms))
             await self.send(
                 session,
                 {

@@ -100,6 +100,7 @@ for i in 1 2; do
     # nginx sent every /media-stream/w$i to 127.0.0.1:800$i, none to the backup.
     all=$(grep -c "^/media-stream/w$i " "$WORK/access.log" || true)
     mine=$(grep -c "^/media-stream/w$i 101 127.0.0.1:800$i\$" "$WORK/access.log" || true)
+    [ "$all" -gt 0 ] || { echo "FAIL no media socket was routed to worker $i"; exit 1; }
     check "worker $i took only its own calls' media sockets" "$all" "$mine"
     echo "ok   worker $i took $mine media sockets"
 done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -15,10 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.e2e
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+def run_bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bridge_latency.py"), "--pause", "0", *args],
         cwd=ROOT,
+        env=None if env is None else os.environ | env,
         capture_output=True,
         text=True,
         timeout=240,
@@ -68,6 +70,31 @@ def test_bridge_latency_benchmark_reports_delivered_frames(tmp_path: Path) -> No
     assert set(result["timeline"]) == {"caller_to_openai_ms", "openai_to_caller_ms"}
     assert output.with_suffix(".md").read_text().startswith("| calls |")
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_daphne_with_two_frames_per_append_delivers_every_frame_and_measures_each_barge_in(
+    tmp_path: Path,
+) -> None:
+    """The comparison's other server, and OPENAI_AUDIO_APPEND_MS=40: the fake splits each append
+    back into its frames (none lost or duplicated), and every barge-in's truncation is set
+    against what the caller had heard."""
+    output = tmp_path / "daphne.json"
+    completed = run_bench(
+        "--server", "daphne", "--calls", "2", "--seconds", "10", "--barge-in-share", "1",
+        "--output", str(output), env={"OPENAI_AUDIO_APPEND_MS": "40"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = json.loads(output.read_text())
+    assert report["config"]["server"] == "daphne"
+    [result] = report["results"]
+    up = result["caller_to_openai_frames"]
+    assert up["sent"] == 2 * 500 and up["delivered"] + up["lost"] == up["sent"]
+    assert up["delivered"] >= 0.9 * up["sent"], up  # one frame of two if appends were not split
+    assert up["duplicated"] == 0 and up["corrupt"] == 0
+    truncation = result["barge_in_truncation_error_ms"]
+    assert result["barge_ins"] >= 1 and truncation["n"] == result["clears"] >= 1
+    assert truncation["clears_without_truncate"] == 0
+    assert 0 <= truncation["p50"] <= truncation["max"] < 1000
 
 
 def test_calls_that_cannot_connect_are_reported_as_such(tmp_path: Path) -> None:
