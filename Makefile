@@ -40,7 +40,11 @@ run: python-version $(VENV)/.run-deps port-free
 	@# System checks (what is still missing) are printed once, by runserver.
 	$(BIN)/python manage.py migrate --noinput --skip-checks
 	$(BIN)/python manage.py close_stale_calls --all --skip-checks
-	$(BIN)/python manage.py runserver 0.0.0.0:$(PORT)
+	@# The task worker (post-call analysis) runs beside the server and stops with it: Ctrl-C
+	@# reaches both; on any other exit the trap stops it (its reloader takes its child along).
+	$(BIN)/python manage.py db_worker --skip-checks & worker=$$!; \
+		trap 'kill $$worker 2>/dev/null' EXIT; \
+		$(BIN)/python manage.py runserver 0.0.0.0:$(PORT)
 
 test: test-fast
 	@# Again on PostgreSQL: every test that reaches the database (tests/conftest.py).

@@ -56,6 +56,7 @@ import random
 import resource
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +76,7 @@ if str(ROOT) not in sys.path:  # run as a file: make ``bench`` and ``calls`` imp
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
+from bench import analysis_load  # noqa: E402
 from bench.wire import (  # noqa: E402
     AGENT_FILLER,
     AGENT_MAGIC,
@@ -985,6 +987,10 @@ class Context:
     postgres: bool = False
     next_call_id: int = 1
     idle_rss_kib: int | None = None
+    # --analysis: the task worker, and the backlog it is held back from until a round is live.
+    analysis_worker: subprocess.Popen[bytes] | None = None
+    analysis_env: dict[str, str] = field(default_factory=dict)
+    backlog_sids: list[str] = field(default_factory=list)
 
 
 def round_shape(args: argparse.Namespace, n: int, seconds: float) -> tuple[float, float, float]:
@@ -1021,6 +1027,11 @@ async def run_round(ctx: Context, n: int, seconds: float, *, warmup: bool = Fals
     profiler = None if warmup else start_profiler(ctx, n, seconds)
     began = time.monotonic()
     start = began + 0.2
+    worker = ctx.analysis_worker
+    worker_cpu_before = cpu_seconds(worker.pid) if worker is not None and not warmup else None
+    if worker is not None and ctx.backlog_sids and not warmup:
+        # The backlog's calls "end together" once every call of the round is live.
+        asyncio.get_running_loop().call_later(start - began + ramp + 0.5, os.kill, worker.pid, signal.SIGCONT)
     probe = asyncio.create_task(direct_probe(ctx.realtime_url, start, seconds)) if not warmup else None
     tasks = [asyncio.create_task(call.run(start + i * stagger)) for i, call in enumerate(calls)]
     everything = asyncio.ensure_future(asyncio.gather(*tasks))
@@ -1063,6 +1074,27 @@ async def run_round(ctx: Context, n: int, seconds: float, *, warmup: bool = Fals
     if warmup:
         return {}
     result = analyse(calls, dump, start)
+    if worker is not None:
+        if ctx.backlog_sids:
+            result["analysis_backlog"] = await asyncio.to_thread(
+                analysis_load.end_to_stored, ctx.database_url, ctx.backlog_sids
+            )
+            ctx.backlog_sids = []
+        result["analysis"] = await asyncio.to_thread(
+            analysis_load.end_to_stored,
+            ctx.database_url,
+            [c.call_sid for c in calls if c.connected and c.call_sid],
+        )
+        after = cpu_seconds(worker.pid)
+        result["analysis_worker_cpu_s"] = (
+            round(after - worker_cpu_before, 2)
+            if after is not None and worker_cpu_before is not None
+            else None
+        )
+        print(
+            f"    analysis: {json.dumps({k: v for k, v in result.items() if k.startswith('analysis')})}",
+            flush=True,
+        )
     ok = [c for c in calls if c.t_media_start is not None and c.t_media_end is not None]
     starts = [c.t_media_start for c in ok if c.t_media_start is not None]
     ends = [c.t_media_end for c in ok if c.t_media_end is not None]
@@ -1412,6 +1444,25 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 env["REDIS_URL"] = redis_url
             env = child_env(env)
             await asyncio.to_thread(prepare_database, env, max(600, int(max(args.round_seconds)) * 2 + 60))
+            plan = analysis_load.PLAN_SETUP.format(number=BENCH_NUMBER, enabled=args.analysis)
+            await asyncio.to_thread(run_manage, env, "shell", "-c", plan)
+            analysis_worker, analysis_env = None, {}
+            if args.analysis:
+                responses_port = free_port()
+                responses = analysis_load.start_responses_fake(
+                    responses_port, logs / "fake_responses.log", env
+                )
+                processes.append(responses)
+                analysis_env = env | {
+                    "OPENAI_BASE_URL": f"http://127.0.0.1:{responses_port}/v1",
+                    "LOG_LEVEL": "INFO",
+                }
+                analysis_worker = analysis_load.start_worker(analysis_env, logs / "task_worker.log")
+                processes.append(analysis_worker)
+                print(
+                    f"Analysis on: task worker pid {analysis_worker.pid}, "
+                    f"fake Responses API :{responses_port}"
+                )
             for i, port in enumerate(ports):
                 log_path = logs / (f"{args.server}.log" if args.workers == 1 else f"{args.server}-{i}.log")
                 server = start_server(args.server, env, port, log_path)
@@ -1439,6 +1490,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             database_url=database_url,
             postgres=postgres is not None,
         )
+        if not args.server_url:
+            ctx.analysis_worker, ctx.analysis_env = analysis_worker, analysis_env
         # One short call per worker first: imports, connections and caches are warm.
         await run_round(ctx, len(worker_urls), 3.0, warmup=True)
         # A server's worker processes exist once it serves (granian forks its worker).
@@ -1467,6 +1520,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 flush=True,
             )
             background = await wait_quiet(ctx, args.wait_quiet) if args.wait_quiet else None
+            if ctx.analysis_worker is not None and args.analysis_backlog:
+                # Held back while the backlog is made, let go once the round's calls are live.
+                os.kill(ctx.analysis_worker.pid, signal.SIGSTOP)
+                code = analysis_load.BACKLOG_SETUP.format(number=BENCH_NUMBER, count=args.analysis_backlog)
+                before = set(await asyncio.to_thread(analysis_load.backlog_sids, ctx.database_url))
+                await asyncio.to_thread(run_manage, ctx.analysis_env, "shell", "-c", code)
+                after = await asyncio.to_thread(analysis_load.backlog_sids, ctx.database_url)
+                ctx.backlog_sids = [sid for sid in after if sid not in before]
+                if args.wait_quiet:
+                    await wait_quiet(ctx, args.wait_quiet)
             result = await run_round(ctx, n, seconds)
             result["background_cpu_pct_before"] = background
             results.append(result)
@@ -1527,6 +1590,19 @@ def main() -> None:
         help=f"Redis channel layer for the server (db {BENCH_REDIS_DB} unless the URL names one)",
     )
     parser.add_argument("--workers", type=int, default=1, help="server processes; calls are spread over them")
+    parser.add_argument(
+        "--analysis",
+        action="store_true",
+        help="post-call analysis on: the agent's plan enabled, a task worker and a fake Responses API",
+    )
+    parser.add_argument(
+        "--analysis-backlog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --analysis: before each round, N ended calls' analyses queued, "
+        "released once the round's calls are live",
+    )
     parser.add_argument(
         "--server",
         choices=ASGI_SERVERS,

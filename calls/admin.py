@@ -19,7 +19,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django_stubs_ext import WithAnnotations
 
-from calls import model_endpoint, review, services, tools, twilio_rest
+from calls import analysis_admin, analysis_jobs, model_endpoint, review, services, tools, twilio_rest
 from calls.models import Agent, Call, Role, ToolCall, Turn, TurnKind
 from calls.review import format_offset
 
@@ -89,6 +89,7 @@ class AgentAdmin(admin.ModelAdmin[Agent]):
         ("Conversation", {"fields": ["instructions", "greeting", "model", "voice"]}),
         ("Tools", {"fields": ["tools", "transfer_numbers"]}),
         ("Limits", {"fields": ["max_call_seconds", "idle_timeout_seconds", "max_silence_prompts"]}),
+        ("Post-call analysis", {"fields": ["analysis_overview"]}),
         ("Outbound calls", {"fields": ["machine_policy", "voicemail_message"]}),
         ("Caller transcript", {"fields": ["transcription_model", "transcription_language"]}),
         (
@@ -132,6 +133,12 @@ class AgentAdmin(admin.ModelAdmin[Agent]):
         }
         return TemplateResponse(request, "admin/calls/agent/place_call.html", context)
 
+    readonly_fields = ["analysis_overview"]
+
+    @admin.display(description="Success rate")
+    def analysis_overview(self, agent: Agent) -> SafeString:
+        return analysis_admin.agent_analysis_overview(agent)
+
     @admin.display(description="Phone number", ordering="phone_number")
     def phone_or_default(self, agent: Agent) -> str:
         return agent.phone_number or "(default agent)"
@@ -168,14 +175,16 @@ class CallAdmin(ReadOnlyAdmin[Call]):
         "turn_count",
         "listed_cost",
         "listed_p50",
+        "listed_verdict",
         "has_error",
     ]
-    actions = ["export_csv"]
-    list_filter = ["status", "ended_reason", "direction", "agent", "created_at"]
-    search_fields = ["from_number", "to_number", "call_sid", "turns__text"]
+    actions = ["export_csv", "analyse_again"]
+    list_filter = [analysis_admin.VerdictFilter, "status", "ended_reason", "direction", "agent", "created_at"]
+    search_fields = ["from_number", "to_number", "call_sid", "turns__text", "analyses__summary"]
     date_hierarchy = "created_at"
     list_select_related = ["agent"]
     fieldsets = [
+        ("Analysis", {"fields": ["analysis"]}),
         ("Recording", {"fields": ["recording_player"]}),
         ("Conversation", {"fields": ["conversation"]}),
         (
@@ -214,6 +223,7 @@ class CallAdmin(ReadOnlyAdmin[Call]):
         ("Twilio", {"fields": ["call_sid", "account_sid", "stream_sid"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
+        "analysis",
         "conversation",
         "recording_player",
         "model_shown",
@@ -226,7 +236,8 @@ class CallAdmin(ReadOnlyAdmin[Call]):
         css = {"all": ["calls/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Call]:
-        return super().get_queryset(request).annotate(turn_count=Count("turns"))
+        calls = super().get_queryset(request).annotate(turn_count=Count("turns", distinct=True))
+        return analysis_jobs.with_verdict(calls)
 
     def get_urls(self) -> list[URLPattern]:
         recording = path(
@@ -275,6 +286,18 @@ class CallAdmin(ReadOnlyAdmin[Call]):
     def export_csv(self, request: HttpRequest, queryset: QuerySet[Call]) -> HttpResponse:
         filename = f"calls-{timezone.now():%Y%m%d-%H%M%S}.csv"
         return review.calls_csv(queryset.select_related("agent"), listed_number, filename)
+
+    @admin.action(description="Analyse the selected calls again with their agent's current plan")
+    def analyse_again(self, request: HttpRequest, queryset: QuerySet[Call]) -> None:
+        analysis_admin.analyse_again_message(request, queryset, self)
+
+    @admin.display(description="Success", ordering="verdict")
+    def listed_verdict(self, call: Call) -> SafeString | str:
+        return analysis_admin.verdict_badge(getattr(call, "verdict", None))
+
+    @admin.display(description="Summary, extracted data and verdict")
+    def analysis(self, call: Call) -> SafeString:
+        return analysis_admin.analysis_panel(call)
 
     # Lists (and search results) may mask numbers; the call's own page shows them in full.
     def action_checkbox(self, obj: Call) -> SafeString:

@@ -6,9 +6,16 @@ it in ``VOICE_AGENT_TOOLS``.
 
 from __future__ import annotations
 
+import logging
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
+from django.conf import settings
+from django.core.mail import send_mail
+from django.dispatch import receiver
+
+from calls.models import Call, CallAnalysis
+from calls.signals import call_analysed
 from calls.tools import ToolContext, tool
 
 OPENING_HOURS = {"weekday": ("12:00", "22:00"), "weekend": ("11:00", "23:00")}
@@ -48,3 +55,38 @@ def book_table(name: str, party_size: int, day: date, time: str, context: ToolCo
         "day": day.isoformat(),
         "time": time,
     }
+
+
+# --- after the call (issue 16) -------------------------------------------------------------
+# Post-call analysis hands your code each call's checked, extracted data through the
+# ``call_analysed`` signal. Here: a caller who asked to be called back, or whose call failed
+# its success criteria, becomes an email to the staff (FOLLOW_UP_EMAIL) with what the
+# analysis found. The fields read here are the default agent's plan (migration 0009); in your
+# project, connect receivers like this one in your app's AppConfig.ready().
+
+follow_up_logger = logging.getLogger("calls.example_tools")
+
+
+@receiver(call_analysed, dispatch_uid="calls.example_tools.follow_up")
+def follow_up(
+    sender: object, *, analysis: CallAnalysis, call: Call, data: dict[str, Any], **kwargs: Any
+) -> None:
+    """Email the staff about calls that need a human: a callback asked for, or a failed call."""
+    wants_callback = data.get("callback_requested") is True
+    if not wants_callback and analysis.success is not False:
+        return
+    why = "asked to be called back" if wants_callback else f"did not succeed: {analysis.reason}"
+    follow_up_logger.info("call %s needs a follow-up: the caller %s", call.call_sid, why)
+    recipient = getattr(settings, "FOLLOW_UP_EMAIL", "")
+    if not recipient:
+        return
+    number = data.get("callback_number") or call.from_number
+    send_mail(
+        subject=f"Follow up: call {call.call_sid}",
+        message=(
+            f"The caller {why}.\n\nCall back: {number}\nCaller: {data.get('caller_name') or 'unknown'}\n"
+            f"About: {data.get('topic') or 'unknown'}\n\nSummary: {analysis.summary}\n"
+        ),
+        from_email=None,
+        recipient_list=[recipient],
+    )

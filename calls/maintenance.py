@@ -15,7 +15,7 @@ from django.db import models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from calls import services
+from calls import analysis_jobs, services
 from calls.audio import BYTES_PER_SECOND
 from calls.capacity import stale_cutoff
 from calls.models import TERMINAL_STATUSES, Call, CallStatus, EndedReason, ToolCall, Turn
@@ -62,6 +62,7 @@ def calls_close_stale(
                 call.status = CallStatus.COMPLETED
             # duration_seconds stays unknown unless Twilio's status callback reports it.
             call.save(update_fields=["ended_at", "ended_reason", "error", "status"])
+            analysis_jobs.request_for_ended_call(call)
             logger.warning(
                 "call %s: closed; it was left open by a server process that stopped", call.call_sid
             )

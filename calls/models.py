@@ -331,3 +331,141 @@ class ToolCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}({self.openai_call_id})"
+
+
+class AnalysisPlan(models.Model):
+    """What to learn from every call of one agent once it ends (issue 16). Each save that
+    changes what is asked makes a new ``AnalysisPlanVersion``; analyses point at the version
+    that produced them."""
+
+    agent = models.OneToOneField(Agent, on_delete=models.CASCADE, related_name="analysis_plan")
+    enabled = models.BooleanField(default=True, help_text="Off: this agent's calls are not analysed.")
+    summary = models.BooleanField(default=True, help_text="Write a summary of each call.")
+    summary_instruction = models.TextField(
+        blank=True, help_text="What the summary should say, e.g. 'the order and the delivery address'."
+    )
+    success_criteria = models.TextField(
+        blank=True,
+        help_text="In plain words, what a successful call achieves. Blank: no verdict.",
+    )
+    model = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="OpenAI model for the analysis. Blank: the ANALYSIS_MODEL setting.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["agent__name"]
+
+    def __str__(self) -> str:
+        return f"Analysis plan of {self.agent}"
+
+    @property
+    def effective_model(self) -> str:
+        return self.model or settings.ANALYSIS_MODEL
+
+
+class FieldType(models.TextChoices):
+    TEXT = "text", "Text"
+    NUMBER = "number", "Number"
+    YES_NO = "yes_no", "Yes/no"
+    CHOICE = "choice", "One of a list"
+    DATE = "date", "Date"
+    PHONE = "phone", "Phone number"
+
+
+class AnalysisField(models.Model):
+    """One value to extract from each call, in the order the plan lists them."""
+
+    plan = models.ForeignKey(AnalysisPlan, on_delete=models.CASCADE, related_name="fields")
+    position = models.PositiveIntegerField(default=0)
+    name = models.CharField(
+        max_length=64, help_text="Key in the extracted data: lower-case letters, digits and _."
+    )
+    type = models.CharField(max_length=8, choices=FieldType.choices, default=FieldType.TEXT)
+    description = models.CharField(max_length=500, blank=True, help_text="What the model should look for.")
+    required = models.BooleanField(
+        default=False, help_text="Off: the value may be empty when the call does not say it."
+    )
+    choices = models.CharField(
+        max_length=2000, blank=True, help_text="One of a list only: the choices, separated by commas."
+    )
+
+    class Meta:
+        ordering = ["plan", "position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["plan", "name"], name="analysisfield_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def choice_list(self) -> list[str]:
+        return [choice.strip() for choice in self.choices.split(",") if choice.strip()]
+
+
+class AnalysisPlanVersion(models.Model):
+    """A plan as it was when saved: what an analysis asked, kept even after the plan changes."""
+
+    # Kept when its agent (and plan) is deleted: the analyses it produced still say what was asked.
+    plan = models.ForeignKey(AnalysisPlan, null=True, on_delete=models.SET_NULL, related_name="versions")
+    number = models.PositiveIntegerField()
+    definition = models.JSONField(help_text="The plan (calls.analysis.snapshot) and its model.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["plan", "-number"]
+        constraints = [models.UniqueConstraint(fields=["plan", "number"], name="planversion_unique_number")]
+
+    def __str__(self) -> str:
+        return f"{self.plan.agent if self.plan else 'deleted plan'} v{self.number}"
+
+
+class AnalysisStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class CallAnalysis(models.Model):
+    """One analysis of one call. The row is the job's truth: the queue only says "look at
+    row N"; a claim (pending -> running) and the result (running -> done) are conditional
+    updates, so a row is stored, and its signal sent, once. Re-running adds a row."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="analyses")
+    plan_version = models.ForeignKey(AnalysisPlanVersion, on_delete=models.PROTECT, related_name="analyses")
+    # The analysis the call's end asked for (at most one per call); re-runs are not automatic.
+    automatic = models.BooleanField(default=True, editable=False)
+    status = models.CharField(max_length=8, choices=AnalysisStatus.choices, default=AnalysisStatus.PENDING)
+    summary = models.TextField(blank=True)
+    data = models.JSONField("extracted data", default=dict, blank=True)
+    success = models.BooleanField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    cost_usd = models.DecimalField(
+        "estimated cost (USD)", max_digits=10, decimal_places=6, null=True, blank=True
+    )
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Times a worker claimed this analysis.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "call analyses"
+        indexes = [
+            models.Index(fields=["call", "-created_at"], name="analysis_call_created_idx"),
+            models.Index(fields=["status", "started_at"], name="analysis_status_started_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call"], condition=Q(automatic=True), name="analysis_one_automatic_per_call"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Analysis of {self.call.call_sid} ({self.get_status_display()})"

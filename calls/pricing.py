@@ -51,10 +51,22 @@ TRANSCRIPTION_PER_MINUTE: dict[str, float] = {
 }
 
 
-def prices_for(model: str) -> dict[str, float] | None:
+# Text models for post-call analysis (Responses API), USD per 1M tokens, read on
+# TEXT_PRICES_AS_OF from OpenAI's pricing page as GitHub's model table quotes it. Overridable
+# through VOICE_AGENT_PRICES with the keys "in", "cached" and "out".
+TEXT_PRICES_AS_OF = "2026-12-07"
+DEFAULT_TEXT_PRICES: dict[str, dict[str, float]] = {
+    "gpt-5-mini": {"in": 0.25, "cached": 0.025, "out": 2.0},
+    "gpt-5-nano": {"in": 0.05, "cached": 0.005, "out": 0.4},
+    "gpt-5": {"in": 1.25, "cached": 0.125, "out": 10.0},
+    "gpt-4.1-mini": {"in": 0.4, "cached": 0.1, "out": 1.6},
+}
+
+
+def prices_for(model: str, defaults: dict[str, dict[str, float]] = DEFAULT_PRICES) -> dict[str, float] | None:
     # The setting has the shape of DEFAULT_PRICES (settings.py); it is not validated.
     overrides: dict[str, dict[str, float]] = getattr(settings, "VOICE_AGENT_PRICES", {})
-    table = {**DEFAULT_PRICES, **overrides}
+    table = {**defaults, **overrides}
     if model in table:
         return table[model]
     # Dated snapshots cost what their family costs: gpt-realtime-2.1-2026-10-01 -> gpt-realtime-2.1.
@@ -90,3 +102,17 @@ def estimate_cost(model: str, usage: dict[str, Any], transcription_model: str = 
         seconds = Decimal(str(transcription.get("seconds", 0) or 0))
         cost += seconds / 60 * Decimal(str(TRANSCRIPTION_PER_MINUTE[transcription_model]))
     return cost.quantize(Decimal("0.0001"))
+
+
+def estimate_text_cost(model: str, usage: dict[str, Any]) -> Decimal | None:
+    """USD for one Responses API answer (post-call analysis); None for a model with no price."""
+    prices = prices_for(model, DEFAULT_TEXT_PRICES)
+    if prices is None or not usage or not {"in", "cached", "out"} <= set(prices):
+        return None
+    cached = _get(usage, "input_tokens_details", "cached_tokens")
+    per_million = (
+        (_get(usage, "input_tokens") - cached) * prices["in"]
+        + cached * prices["cached"]
+        + _get(usage, "output_tokens") * prices["out"]
+    )
+    return (Decimal(str(per_million)) / Decimal(1_000_000)).quantize(Decimal("0.000001"))

@@ -17,7 +17,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from calls.models import Call, Role, Turn
+from calls.analysis import field_columns, plan_from_snapshot
+from calls.models import AnalysisStatus, Call, CallAnalysis, Role, Turn
 
 # --- latency chart -------------------------------------------------------------------------
 
@@ -276,12 +277,52 @@ def call_csv_row(call: Call, number: Callable[[str], str]) -> list[str]:
     return [csv_safe(value) for value in values]
 
 
+# The newest done analysis of each call, then one column per extracted field ("data.<name>").
+ANALYSIS_CSV_COLUMNS = ["analysis_success", "analysis_reason", "analysis_summary", "analysis_cost_usd"]
+
+
+def newest_analyses(call_ids: list[int]) -> dict[int, CallAnalysis]:
+    """Each call's newest done analysis, in one query."""
+    newest: dict[int, CallAnalysis] = {}
+    done = CallAnalysis.objects.filter(call_id__in=call_ids, status=AnalysisStatus.DONE).select_related(
+        "plan_version"
+    )
+    for analysis in done.order_by("call_id", "-created_at", "-pk"):
+        newest.setdefault(analysis.call_id, analysis)
+    return newest
+
+
+def analysis_csv_cells(analysis: CallAnalysis | None, fields: list[str]) -> list[object]:
+    if analysis is None:
+        return [""] * (len(ANALYSIS_CSV_COLUMNS) + len(fields))
+    data = analysis.data or {}
+    return [
+        "" if analysis.success is None else ("yes" if analysis.success else "no"),
+        analysis.reason,
+        analysis.summary,
+        analysis.cost_usd,
+        *(_cell(data.get(name)) for name in fields),
+    ]
+
+
+def _cell(value: object) -> object:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return value
+
+
 def calls_csv(calls: Iterable[Call], number: Callable[[str], str], filename: str) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    rows = list(calls)
+    analyses = newest_analyses([call.pk for call in rows])
+    plans = [plan_from_snapshot(a.plan_version.definition) for a in analyses.values()]
+    fields = field_columns(plans)
     writer = csv.writer(response)
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(call_csv_row(call, number) for call in calls)
+    writer.writerow([*CSV_COLUMNS, *ANALYSIS_CSV_COLUMNS, *(f"data.{name}" for name in fields)])
+    for call in rows:
+        cells = analysis_csv_cells(analyses.get(call.pk), fields)
+        writer.writerow([*call_csv_row(call, number), *(csv_safe(cell) for cell in cells)])
     return response
 
 

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from calls import capacity, model_endpoint, pricing, tools, twilio_rest, twiml
+from calls import analysis_jobs, capacity, model_endpoint, pricing, tools, twilio_rest, twiml
 from calls.bridge.actions import CallSummary, ToolCallRecord, TurnRecord
 from calls.models import (
     TERMINAL_STATUSES,
@@ -369,6 +369,8 @@ def call_finalize(*, call_sid: str, summary: CallSummary) -> None:
         call.latency_p50_ms = percentile(summary.latencies_ms, 0.5)
         call.latency_p95_ms = percentile(summary.latencies_ms, 0.95)
         call.save()
+        # Queued when this commits; run by the task worker, never in the media path.
+        analysis_jobs.request_for_ended_call(call)
     logger.info(
         "call %s: ended (%s)%s", call_sid, call.ended_reason, f": {summary.error}" if summary.error else ""
     )

@@ -34,7 +34,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import DatabaseError, connection
 
+from calls import analysis_jobs, analysis_model
 from calls.fakes import standin, wav
+from calls.fakes.openai_responses import FakeResponsesServer
 from calls.fakes.phone import AgentTurn, Line, Listener, Write, stamp
 from calls.fakes.twilio_caller import (
     CallerConfig,
@@ -44,7 +46,7 @@ from calls.fakes.twilio_caller import (
     mulaw_tone,
     twilio_signature,
 )
-from calls.models import Call, Turn
+from calls.models import AnalysisStatus, Call, CallAnalysis, Turn
 from calls.processes import stop_process, wait_for_port
 
 GREETING_WAIT = 3.0  # seconds a caller waits for a greeting before speaking first
@@ -449,4 +451,44 @@ def run_demo(write: Write, *, speech: standin.Speech = "auto", verbosity: int = 
         )
         result = asyncio.run(simulate(options, write))
     report = call_report(result.call_sid, MAKE_RUN_ADMIN)
-    return DemoResult(result.call_sid, time.monotonic() - began, report)
+    analysed = demo_analysis(result.call_sid)
+    return DemoResult(result.call_sid, time.monotonic() - began, report[:-1] + analysed + report[-1:])
+
+
+def demo_analysis(call_sid: str) -> list[str]:
+    """Run the analysis the call's end queued, against the offline fake of the Responses API
+    (whatever key .env holds: the demo never leaves the machine), and report it."""
+    # The server ends the call after the caller hangs up, in its own process, and asks for
+    # the analysis in the same transaction: there is nothing to wait on but that row.
+    deadline = time.monotonic() + 15
+    while True:
+        analysis = CallAnalysis.objects.filter(call__call_sid=call_sid).order_by("-created_at").first()
+        ended = Call.objects.filter(call_sid=call_sid, ended_at__isnull=False).exists()
+        if analysis is not None or ended or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if analysis is None:
+        return ["Analysis: none (the agent has no enabled analysis plan, or nothing was said)."]
+    with FakeResponsesServer() as responses:
+        client = analysis_model.client(api_key=standin.LOCAL_API_KEY, base_url=responses.base_url, timeout=10)
+        done = analysis_jobs.run(analysis.pk, client=client).analysis
+    if done is None:
+        return [f"Analysis {analysis.pk}: already taken by a running task worker."]
+    return analysis_report(done, "offline stand-in of the Responses API")
+
+
+def analysis_report(analysis: CallAnalysis, model: str = "") -> list[str]:
+    """An analysis as the demo and simulate_call print it."""
+    if analysis.status != AnalysisStatus.DONE:
+        return [
+            f"Analysis: {analysis.get_status_display().lower()}"
+            + (f": {analysis.error}" if analysis.error else "")
+        ]
+    lines = [f"Analysis (plan v{analysis.plan_version.number}, {model or analysis.model}):"]
+    if analysis.success is not None:
+        lines.append(f"  Verdict: {'success' if analysis.success else 'failed'}: {analysis.reason}")
+    if analysis.summary:
+        lines.append(f"  Summary: {analysis.summary}")
+    for name, value in (analysis.data or {}).items():
+        lines.append(f"  {name}: {'-' if value is None else json.dumps(value, ensure_ascii=False)}")
+    return lines

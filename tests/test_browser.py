@@ -14,9 +14,21 @@ import pytest
 from django.core.files.base import ContentFile
 from django.utils import timezone
 
+from calls import analysis_jobs
 from calls.fakes.openai_realtime import Reply, Script
 from calls.fakes.twilio_caller import mulaw_to_linear, mulaw_tone
-from calls.models import Agent, Call, EndedReason, Role, ToolCall, Turn
+from calls.models import (
+    Agent,
+    AnalysisField,
+    AnalysisPlan,
+    AnalysisStatus,
+    Call,
+    CallAnalysis,
+    EndedReason,
+    Role,
+    ToolCall,
+    Turn,
+)
 from tests.chromium import ARTIFACTS, signed_in_page
 from tests.test_e2e_bridge import caller_for, dial, speak
 
@@ -211,4 +223,85 @@ def test_live_page_shows_turns_as_they_happen_and_hangs_up(web, loop, browser, f
     assert code is not None
     call = Call.objects.get(call_sid=caller.call_sid)
     assert call.ended_reason == EndedReason.OPERATOR and call.ended_at is not None
+    assert errors == []
+
+
+def analyse(call: Call, *, success: bool, summary: str, data: dict, reason: str) -> None:
+    plan, _ = AnalysisPlan.objects.get_or_create(
+        agent=call.agent, defaults={"success_criteria": "The caller booked a table."}
+    )
+    for position, (name, kind) in enumerate(
+        [("caller_name", "text"), ("party_size", "number"), ("time", "text")]
+    ):
+        AnalysisField.objects.get_or_create(
+            plan=plan, name=name, defaults={"type": kind, "position": position}
+        )
+    CallAnalysis.objects.create(
+        call=call,
+        plan_version=analysis_jobs.plan_publish(plan),
+        status=AnalysisStatus.DONE,
+        summary=summary,
+        data=data,
+        success=success,
+        reason=reason,
+        model="gpt-5-mini",
+        usage={"input_tokens": 612, "output_tokens": 118, "total_tokens": 730},
+        cost_usd=Decimal("0.000389"),
+    )
+
+
+def test_post_call_analysis_in_the_admin(web, loop, browser):
+    """Summary, fields and verdict on the call page; the success filter on the list; the
+    agent's success rate. Screenshot: docs/call-analysis.png."""
+    booked = reviewed_call()
+    analyse(
+        booked,
+        success=True,
+        summary="Mr Rossi booked a table for two at eight tonight; reference R-1042.",
+        data={"caller_name": "Rossi", "party_size": 2, "time": "20:00"},
+        reason="A table was booked and confirmed.",
+    )
+    missed = Call.objects.create(
+        call_sid="CA" + "9" * 32, agent=booked.agent, ended_at=timezone.now(), from_number="+15550004444"
+    )
+    Turn.objects.create(call=missed, position=0, role=Role.CALLER, text="Do you have a table for ten?")
+    analyse(
+        missed,
+        success=False,
+        summary="The caller wanted a table for ten; none was offered.",
+        data={"caller_name": None, "party_size": 10, "time": None},
+        reason="No booking was made.",
+    )
+    errors: list[str] = []
+
+    async def scenario():
+        page = await signed_in_page(browser, web, errors)
+        await page.goto(f"{web.url}/admin/calls/call/{booked.pk}/change/")
+        analysis = page.locator(".va-analysis")
+        seen = {
+            "verdict": await analysis.locator(".va-verdict").inner_text(),
+            "summary": await analysis.locator(".va-summary").inner_text(),
+            "fields": await analysis.locator(".va-fields").inner_text(),
+        }
+        box = await page.locator("fieldset:has(.va-analysis)").bounding_box()
+        await page.screenshot(
+            path=ARTIFACTS / "call-analysis.png",
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": 1280, "height": box["y"] + box["height"] + 8},
+        )
+        await page.set_viewport_size({"width": 1680, "height": 900})
+        await page.goto(f"{web.url}/admin/calls/call/")
+        await page.get_by_role("link", name="Unsuccessful", exact=True).click()  # the success filter
+        seen["failed"] = await page.locator("#result_list").inner_text()
+        await page.screenshot(path=ARTIFACTS / "call-list-failed.png", full_page=True)
+        await page.goto(f"{web.url}/admin/calls/agent/{booked.agent.pk}/change/")
+        seen["rate"] = await page.locator(".field-analysis_overview").inner_text()
+        return seen
+
+    seen = loop.run(scenario())
+    assert seen["verdict"].startswith("✔ success") and "confirmed" in seen["verdict"]
+    assert seen["summary"].startswith("Mr Rossi booked a table")
+    assert "party_size\t2" in seen["fields"] and "caller_name\tRossi" in seen["fields"]
+    assert "+15550004444" in seen["failed"] and "+15550001111" not in seen["failed"]
+    assert "50%" in seen["rate"] and "1 of the last 2 judged calls succeeded" in seen["rate"]
     assert errors == []

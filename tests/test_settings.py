@@ -188,6 +188,13 @@ DEVELOPER = {
     "TWILIO_VALIDATE_SIGNATURES": "false",
     "TWILIO_API_BASE_URL": "https://twilio-proxy.example.com",
     "STREAM_TOKEN_TTL_SECONDS": "30",
+    "ANALYSIS_MODEL": "gpt-5",
+    "OPENAI_BASE_URL": "https://openai-proxy.example.com/v1",
+    "ANALYSIS_TIMEOUT_SECONDS": "15",
+    "FOLLOW_UP_EMAIL": "staff@example.com",
+    "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+    "EMAIL_HOST": "smtp.example.com",
+    "DEFAULT_FROM_EMAIL": "calls@example.com",
 }
 
 # Prints a settings module's values and the environment it leaves for the processes it starts.

@@ -3,6 +3,7 @@ server, ``realtime_standin`` as the model, and the offline ``demo_call``."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -16,16 +17,20 @@ import wave
 from io import StringIO
 
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
 from django.db import connection
 
 from calls import simulation
 from calls.fakes import standin, wav
 from calls.fakes.openai_realtime import Reply, Script
-from calls.models import Agent, Call, CallStatus, EndedReason, Role
+from calls.models import Agent, AnalysisStatus, Call, CallAnalysis, CallStatus, EndedReason, Role
 from tests.conftest import AUTH_TOKEN
 from tests.servers import ROOT, database_url, free_port, start_asgi_server
 from tests.waiting import wait_until
+
+# What a fresh install's migrations give the default agent: its analysis plan.
+default_analysis_plan = importlib.import_module("calls.migrations.0009_default_analysis_plan")
 
 pytestmark = pytest.mark.e2e
 
@@ -220,6 +225,7 @@ def test_demo_call_leaves_a_complete_call_in_the_database(transactional_db):
         phone_number="",
         defaults={"name": "Default agent", "instructions": "Be brief.", "greeting": DEFAULT_GREETING},
     )
+    default_analysis_plan.create_plan(django_apps, None)
     out = StringIO()
     began = time.monotonic()
     call_command("demo_call", stdout=out)
@@ -238,3 +244,11 @@ def test_demo_call_leaves_a_complete_call_in_the_database(transactional_db):
     assert f"Admin: http://localhost:8000/admin/calls/call/{call.pk}/change/" in text
     assert "Demo call finished in" in text and "make run" in text
     assert seconds < 60
+    # The analysis the call's end queued, run against the offline Responses fake and printed.
+    analysis = CallAnalysis.objects.get(call=call)
+    assert analysis.status == AnalysisStatus.DONE, analysis.error
+    assert "Analysis (plan v1, offline stand-in of the Responses API):" in text
+    assert f"  Summary: {analysis.summary}" in text and analysis.summary
+    assert f"  Verdict: {'success' if analysis.success else 'failed'}: {analysis.reason}" in text
+    for name in ("caller_name", "topic", "callback_requested", "callback_number"):
+        assert f"  {name}: " in text

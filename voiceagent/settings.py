@@ -97,6 +97,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "django_tasks",
+    "django_tasks_db",
     "calls",
 ]
 
@@ -207,6 +209,27 @@ WORKER_ROUTE = env_pattern("WORKER_ROUTE", r"[A-Za-z0-9_-]{1,32}", "1-32 letters
 # (calls/model_endpoint.py). Never with a key; never with DEBUG off: there a call without a
 # key fails with "OPENAI_API_KEY is not set", so no real caller gets scripted answers.
 OPENAI_STANDIN = DEBUG and not OPENAI_API_KEY and not env_str("OPENAI_REALTIME_URL")
+
+# --- Post-call analysis (issue 16) ---
+# The model that reads each ended call's transcript (Responses API), unless the agent's plan
+# names another. OPENAI_BASE_URL (as the openai SDK reads it) points it at a proxy or a fake.
+ANALYSIS_MODEL = env_str("ANALYSIS_MODEL") or "gpt-5-mini"
+OPENAI_BASE_URL = env_url(
+    "OPENAI_BASE_URL", "https://api.openai.com/v1", schemes=("https", "http")
+)
+# One request's timeout; the SDK retries 429, 5xx and timeouts 3 times with backoff.
+ANALYSIS_TIMEOUT_SECONDS = env_float("ANALYSIS_TIMEOUT_SECONDS", 60.0, minimum=1.0)
+# The job queue: Django's Tasks interface (django-tasks), the database as the queue. Its
+# worker is `manage.py db_worker`, which `make run` starts beside the server.
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
+# The example receiver of call_analysed (calls/example_tools.py) emails follow-ups here.
+FOLLOW_UP_EMAIL = env_str("FOLLOW_UP_EMAIL")
+# Outgoing mail: the console in development; set EMAIL_HOST etc. (Django's settings) in production.
+_MAIL = "django.core.mail.backends."
+EMAIL_BACKEND = env_str("EMAIL_BACKEND") or _MAIL + ("console.EmailBackend" if DEBUG else "smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "voiceagent@localhost")
 
 # --- Twilio ---
 TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")

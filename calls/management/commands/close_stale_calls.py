@@ -6,14 +6,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from calls import maintenance
+from calls import analysis_jobs, maintenance
 from calls.management.arguments import age
 
 
 class Command(BaseCommand):
     help = (
         "End calls left open by a server process that stopped (ended reason: Server restarted), "
-        "and store the recordings such calls left on this machine's disk. By default only calls "
+        "store the recordings such calls left on this machine's disk, and queue again the "
+        "post-call analyses a stopped task worker left. By default only calls "
         "older than any call can last (the longest agent limit plus 5 minutes)."
     )
 
@@ -43,3 +44,6 @@ class Command(BaseCommand):
         if recovered:
             plural = "" if len(recovered) == 1 else "s"
             self.stdout.write(f"Stored {len(recovered)} recording{plural} left behind.")
+        rescued = analysis_jobs.analyses_rescue()
+        if rescued:
+            self.stdout.write(f"Queued {len(rescued)} analys{'is' if len(rescued) == 1 else 'es'} again.")
