@@ -66,10 +66,18 @@ def start_responses_fake(port: int, log_path: Path, env: dict[str, str]) -> subp
 
 
 def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """The task worker as production runs it (deploy/systemd/voiceagent-tasks.service)."""
+    """The task worker as production runs it (deploy/systemd/voiceagent-tasks.service: Nice=10,
+    so on a busy machine the calls' audio gets the CPU first)."""
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "manage.py", "db_worker", "--no-reload", "--no-startup-delay"],
+            [
+                *("nice", "-n", "10"),
+                sys.executable,
+                "manage.py",
+                "db_worker",
+                "--no-reload",
+                "--no-startup-delay",
+            ],
             cwd=ROOT,
             env=env,
             stdout=log,
