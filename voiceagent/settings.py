@@ -214,9 +214,7 @@ OPENAI_STANDIN = DEBUG and not OPENAI_API_KEY and not env_str("OPENAI_REALTIME_U
 # The model that reads each ended call's transcript (Responses API), unless the agent's plan
 # names another. OPENAI_BASE_URL (as the openai SDK reads it) points it at a proxy or a fake.
 ANALYSIS_MODEL = env_str("ANALYSIS_MODEL") or "gpt-5-mini"
-OPENAI_BASE_URL = env_url(
-    "OPENAI_BASE_URL", "https://api.openai.com/v1", schemes=("https", "http")
-)
+OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", "https://api.openai.com/v1", schemes=("https", "http"))
 # One request's timeout; the SDK retries 429, 5xx and timeouts 3 times with backoff.
 ANALYSIS_TIMEOUT_SECONDS = env_float("ANALYSIS_TIMEOUT_SECONDS", 60.0, minimum=1.0)
 # The job queue: Django's Tasks interface (django-tasks), the database as the queue. Its
