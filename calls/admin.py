@@ -11,7 +11,7 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.db.models import Count, Model, QuerySet
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import SimpleTemplateResponse, TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -19,7 +19,17 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django_stubs_ext import WithAnnotations
 
-from calls import analysis_admin, analysis_jobs, model_endpoint, review, services, tools, twilio_rest
+from calls import (
+    agent_test_admin,
+    agent_testing,
+    analysis_admin,
+    analysis_jobs,
+    model_endpoint,
+    review,
+    services,
+    tools,
+    twilio_rest,
+)
 from calls.models import Agent, Call, Role, ToolCall, Turn, TurnKind
 from calls.review import format_offset
 
@@ -90,6 +100,7 @@ class AgentAdmin(admin.ModelAdmin[Agent]):
         ("Tools", {"fields": ["tools", "transfer_numbers"]}),
         ("Limits", {"fields": ["max_call_seconds", "idle_timeout_seconds", "max_silence_prompts"]}),
         ("Post-call analysis", {"fields": ["analysis_overview"]}),
+        ("Tests", {"fields": ["tests_overview"]}),
         ("Outbound calls", {"fields": ["machine_policy", "voicemail_message"]}),
         ("Caller transcript", {"fields": ["transcription_model", "transcription_language"]}),
         (
@@ -133,11 +144,27 @@ class AgentAdmin(admin.ModelAdmin[Agent]):
         }
         return TemplateResponse(request, "admin/calls/agent/place_call.html", context)
 
-    readonly_fields = ["analysis_overview"]
+    readonly_fields = ["analysis_overview", "tests_overview"]
 
     @admin.display(description="Success rate")
     def analysis_overview(self, agent: Agent) -> SafeString:
         return analysis_admin.agent_analysis_overview(agent)
+
+    @admin.display(description="Pass rates")
+    def tests_overview(self, agent: Agent) -> SafeString:
+        return agent_test_admin.agent_tests_overview(agent)
+
+    def response_change(self, request: HttpRequest, obj: Agent) -> HttpResponse:
+        """ "Save and run the tests": the agent is saved, its tests queued for the task worker."""
+        if "_run_tests" in request.POST:
+            batch = agent_testing.queue_agent_tests(obj)
+            self.message_user(
+                request,
+                f"Saved; the tests of {obj.name} are queued (batch {batch}). Reload to see the results.",
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(request.path)
+        return super().response_change(request, obj)
 
     @admin.display(description="Phone number", ordering="phone_number")
     def phone_or_default(self, agent: Agent) -> str:
@@ -178,7 +205,7 @@ class CallAdmin(ReadOnlyAdmin[Call]):
         "listed_verdict",
         "has_error",
     ]
-    actions = ["export_csv", "analyse_again"]
+    actions = ["export_csv", "analyse_again", "make_test"]
     list_filter = [analysis_admin.VerdictFilter, "status", "ended_reason", "direction", "agent", "created_at"]
     search_fields = ["from_number", "to_number", "call_sid", "turns__text", "analyses__summary"]
     date_hierarchy = "created_at"
@@ -290,6 +317,10 @@ class CallAdmin(ReadOnlyAdmin[Call]):
     @admin.action(description="Analyse the selected calls again with their agent's current plan")
     def analyse_again(self, request: HttpRequest, queryset: QuerySet[Call]) -> None:
         analysis_admin.analyse_again_message(request, queryset, self)
+
+    @admin.action(description="Make a test from this call")
+    def make_test(self, request: HttpRequest, queryset: QuerySet[Call]) -> HttpResponse | None:
+        return agent_test_admin.make_tests_from_calls(request, queryset, self)
 
     @admin.display(description="Success", ordering="verdict")
     def listed_verdict(self, call: Call) -> SafeString | str:

@@ -342,10 +342,10 @@ def default_client() -> openai.OpenAI:
         )
     if not settings.OPENAI_STANDIN:
         raise analysis_model.AnalysisFailed("OPENAI_API_KEY is not set")
-    return analysis_model.client(api_key="stand-in", base_url=_standin_base_url(), timeout=10.0)
+    return analysis_model.client(api_key="stand-in", base_url=standin_base_url(), timeout=10.0)
 
 
-def _standin_base_url() -> str:
+def standin_base_url() -> str:
     global _standin_url
     with _standin_lock:
         if _standin_url is None:

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.dispatch import receiver
 
-from calls.models import Call, CallAnalysis
+from calls.models import Agent, Call, CallAnalysis
 from calls.signals import call_analysed
 from calls.tools import ToolContext, tool
 
@@ -90,3 +90,29 @@ def follow_up(
         from_email=None,
         recipient_list=[recipient],
     )
+
+
+# --- the agent these tools serve, and its tests (issue 17) --------------------------------
+# tests/test_example_restaurant_agent.py holds the restaurant agent's tests, written with
+# ``calls.testing.agent_conversation``: copy them next to your own agent.
+
+RESTAURANT_INSTRUCTIONS = (
+    "You answer the phone for Trattoria Example. Be brief and warm. Give the opening hours "
+    "with opening_hours. To book, ask for the name, the number of guests, the day and the "
+    "time, repeat them back, and once the caller agrees call book_table; then give the "
+    "reference. When the caller is done, say goodbye and call end_call."
+)
+
+
+def restaurant_agent(name: str = "Restaurant", phone_number: str = "+15550009999") -> Agent:
+    """The example restaurant agent, with the tools above (made if missing)."""
+    agent, _ = Agent.objects.get_or_create(
+        name=name,
+        defaults={
+            "phone_number": phone_number,
+            "instructions": RESTAURANT_INSTRUCTIONS,
+            "greeting": "Trattoria Example, good evening! How can I help?",
+            "tools": ["opening_hours", "book_table", "end_call"],
+        },
+    )
+    return agent

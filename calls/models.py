@@ -469,3 +469,99 @@ class CallAnalysis(models.Model):
 
     def __str__(self) -> str:
         return f"Analysis of {self.call.call_sid} ({self.get_status_display()})"
+
+
+class ExpectedEnding(models.TextChoices):
+    ANY = "any", "Any"
+    AGENT_ENDED = "agent_ended", "The agent ended the call"
+    TRANSFERRED = "transferred", "Transferred"
+    OPEN = "open", "Still open"
+
+
+class AgentTest(models.Model):
+    """A test of an agent (``calls.agent_tests.Spec``): what the caller says, what the agent
+    must and must not do. Kept here, edited in the admin, exported to a JSON file in the
+    project's repository and imported back (``manage.py agent_tests``)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tests")
+    name = models.CharField(max_length=120)
+    caller_turns = models.JSONField(
+        default=list, help_text='What the caller says, in order: ["Hi", "A table for two"].'
+    )
+    expect_tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Tools the agent must call, with the arguments that must match (a subset): "
+        '[{"name": "book_table", "arguments": {"party_size": 2}}].',
+    )
+    forbid_tools = models.JSONField(
+        default=list, blank=True, help_text='Tools it must not call: ["transfer_call"].'
+    )
+    must_say = models.JSONField(default=list, blank=True, help_text="Phrases the agent must say (any case).")
+    must_not_say = models.JSONField(default=list, blank=True, help_text="Phrases the agent must not say.")
+    ending = models.CharField(max_length=16, choices=ExpectedEnding.choices, default=ExpectedEnding.ANY)
+    rubric = models.TextField(blank=True, help_text="Success in plain words, judged by a model. Blank: none.")
+    tool_results = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Tools not to run, with the result the model gets instead: "
+        '{"book_table": {"reference": "R-1"}}.',
+    )
+    standin = models.JSONField(
+        "offline replies",
+        default=dict,
+        blank=True,
+        help_text="What the offline stand-in model answers, in order "
+        '({"replies": [...], "variants": [{"instructions_contain": "...", "replies": [...]}]}). '
+        "Ignored by --real runs.",
+    )
+    source_call = models.ForeignKey(
+        Call,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Made from this call.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["agent", "name"]
+        constraints = [models.UniqueConstraint(fields=["agent", "name"], name="agenttest_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.agent}: {self.name}"
+
+
+class RunMode(models.TextChoices):
+    OFFLINE = "offline", "Offline (stand-in)"
+    REAL = "real", "Realtime API (text)"
+
+
+class AgentTestRun(models.Model):
+    """One run of one test: each expectation passed or failed, the conversation, the judge."""
+
+    test = models.ForeignKey(AgentTest, on_delete=models.CASCADE, related_name="runs")
+    batch = models.CharField(max_length=32, help_text="The runs started together (one command, one button).")
+    mode = models.CharField(max_length=8, choices=RunMode.choices, default=RunMode.OFFLINE)
+    passed = models.BooleanField(null=True, help_text="Empty: not finished, or the run itself failed.")
+    outcomes = models.JSONField(default=list, blank=True)
+    transcript = models.JSONField(default=list, blank=True)
+    judge_reason = models.TextField(blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    usage = models.JSONField(default=dict, blank=True)
+    cost_usd = models.DecimalField(
+        "estimated cost (USD)", max_digits=10, decimal_places=6, null=True, blank=True
+    )
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        indexes = [models.Index(fields=["test", "-started_at"], name="testrun_test_started_idx")]
+
+    def __str__(self) -> str:
+        verdict = {True: "passed", False: "failed", None: "not finished"}[self.passed]
+        return f"{self.test.name}: {verdict}"

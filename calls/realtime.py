@@ -84,14 +84,16 @@ def _turn_detection(agent: AgentConfig) -> dict[str, Any]:
     return detection
 
 
-def session_update(agent: AgentConfig) -> dict[str, Any]:
+def session_update(agent: AgentConfig, *, text_only: bool = False) -> dict[str, Any]:
+    """The call's session. ``text_only``: the same session answering in text to typed turns
+    (agent tests, ``calls.agent_test_runner``): no turn detection, no transcription."""
     audio_input: dict[str, Any] = {
         "format": AUDIO_FORMAT,
-        "turn_detection": _turn_detection(agent),
+        "turn_detection": None if text_only else _turn_detection(agent),
         "noise_reduction": {"type": agent.noise_reduction} if agent.noise_reduction else None,
         "transcription": None,
     }
-    if agent.transcription_model:
+    if agent.transcription_model and not text_only:
         transcription = {"model": agent.transcription_model}
         if agent.transcription_language:
             transcription["language"] = agent.transcription_language
@@ -101,7 +103,7 @@ def session_update(agent: AgentConfig) -> dict[str, Any]:
         "session": {
             "type": "realtime",
             "model": agent.model,
-            "output_modalities": ["audio"],
+            "output_modalities": ["text"] if text_only else ["audio"],
             "instructions": agent.instructions,
             "audio": {
                 "input": audio_input,
@@ -193,6 +195,51 @@ def function_output(call_id: str, output: str) -> str:
             "type": "conversation.item.create",
             "item": {"type": "function_call_output", "call_id": call_id, "output": output},
         }
+    )
+
+
+@dataclass(frozen=True)
+class ResponseOutput:
+    """What one finished response said and asked for, read from its ``response.done``."""
+
+    status: str
+    texts: tuple[str, ...]
+    calls: tuple[tuple[str, str, str], ...]  # (call_id, name, arguments JSON)
+    usage: Mapping[str, Any]
+
+
+def response_output(response: Mapping[str, Any]) -> ResponseOutput:
+    """The messages (text, or an audio message's transcript) and function calls of a
+    ``response.done``'s response object, in output order."""
+    texts: list[str] = []
+    calls: list[tuple[str, str, str]] = []
+    output = response.get("output")
+    for item in output if isinstance(output, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            calls.append(
+                (
+                    str(item.get("call_id") or ""),
+                    str(item.get("name") or ""),
+                    str(item.get("arguments") or ""),
+                )
+            )
+        elif item.get("type") == "message":
+            content = item.get("content")
+            parts = [
+                str(part.get("text") or part.get("transcript") or "")
+                for part in (content if isinstance(content, list) else [])
+                if isinstance(part, dict)
+            ]
+            if text := " ".join(part for part in parts if part).strip():
+                texts.append(text)
+    usage = response.get("usage")
+    return ResponseOutput(
+        status=str(response.get("status") or ""),
+        texts=tuple(texts),
+        calls=tuple(calls),
+        usage=usage if isinstance(usage, dict) else {},
     )
 
 

@@ -242,6 +242,11 @@ def agent_config(call: Call) -> AgentConfig:
     agent = call.agent or agent_for_number(call.to_number)
     if agent is None:
         raise WebhookError("no agent for this call")
+    return agent_settings(agent)
+
+
+def agent_settings(agent: Agent) -> AgentConfig:
+    """An agent as a session sees it: the phone call's, and an agent test's."""
     return AgentConfig(
         instructions=agent.instructions,
         model=agent.effective_model,

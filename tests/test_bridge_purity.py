@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-CORE = ("calls.bridge", "calls.twilio_media", "calls.realtime")
+# calls.analysis and calls.agent_tests: the rules of post-call analysis and agent tests.
+CORE = ("calls.bridge", "calls.twilio_media", "calls.realtime", "calls.analysis", "calls.agent_tests")
 FORBIDDEN = ("django", "channels", "asyncio", "websockets", "daphne", "twisted")
 
 

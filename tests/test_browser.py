@@ -305,3 +305,64 @@ def test_post_call_analysis_in_the_admin(web, loop, browser):
     assert "+15550004444" in seen["failed"] and "+15550001111" not in seen["failed"]
     assert "50%" in seen["rate"] and "1 of the last 2 judged calls succeeded" in seen["rate"]
     assert errors == []
+
+
+def test_agent_tests_in_the_admin(web, loop, browser):
+    """A call turned into a test from the call list, then the agent's page with each test's
+    pass rate over its runs. Screenshot: docs/agent-tests.png."""
+    from calls import agent_testing
+    from calls.example_tools import restaurant_agent
+    from tests.test_agent_testing import booking_call, make_test, spec
+
+    restaurant = restaurant_agent()
+    call = booking_call(restaurant)
+    hours = make_test(restaurant, "Gives the opening hours", spec(must_say=["noon"]))
+    for _ in range(7):
+        agent_testing.run_test(hours)
+    reference = make_test(restaurant, "Gives the booking reference", spec(must_say=["reference"]))
+    for _ in range(3):
+        agent_testing.run_test(reference)
+    restaurant.tools = [*restaurant.tools, "flaky_availability"]  # tests/test_agent_testing.py's
+    restaurant.save()
+    flaky = make_test(
+        restaurant,
+        "Says a table is free",
+        {
+            "caller_turns": ["Is there a table tonight?"],
+            "rubric": "The caller was told a table is free.",
+            "standin": {
+                "replies": [
+                    "Hello.",
+                    {"function_call": {"name": "flaky_availability", "arguments": {}}},
+                    "Let me see.",
+                ]
+            },
+        },
+    )
+    flaky_passes = sum(1 for _ in range(10) if agent_testing.run_test(flaky).passed)
+    errors: list[str] = []
+
+    async def scenario():
+        page = await signed_in_page(browser, web, errors)
+        await page.goto(f"{web.url}/admin/calls/call/")
+        await page.locator(f'input[name="_selected_action"][value="{call.pk}"]').check()
+        await page.select_option('select[name="action"]', "make_test")
+        await page.get_by_role("button", name="Go").click()
+        await page.wait_for_url("**/admin/calls/agenttest/*/change/")
+        seen = {"made": await page.locator(".messagelist").inner_text()}
+        await page.goto(f"{web.url}/admin/calls/agent/{restaurant.pk}/change/")
+        await page.locator("button[name=_run_tests]").wait_for()
+        tests = page.locator("fieldset:has(.va-test-rates)")
+        seen["rates"] = await tests.inner_text()
+        await tests.scroll_into_view_if_needed()
+        await tests.screenshot(path=ARTIFACTS / "agent-tests.png")
+        return seen
+
+    seen = loop.run(scenario())
+    assert "made from the call" in seen["made"]
+    assert "Gives the opening hours\t7/7\t100%" in seen["rates"]
+    assert "Gives the booking reference\t0/3\t0%" in seen["rates"]
+    assert f"Says a table is free\t{flaky_passes}/10\t{flaky_passes * 10}%" in seen["rates"]
+    assert 0 < flaky_passes < 10
+    assert "never run" in seen["rates"]  # the test just made from the call
+    assert errors == []

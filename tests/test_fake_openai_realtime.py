@@ -1106,6 +1106,264 @@ def test_server_side_waiters_are_event_based() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Text output (output_modalities ["text"])
+
+TEXT_TAIL = [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "conversation.item.done",
+]
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(ev["delta"] for ev in events if ev["type"] == "response.output_text.delta")
+
+
+async def say(c: Client, text: str) -> Event:
+    """Add a typed user message, as a text client does; return its conversation.item.done."""
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    await c.send("conversation.item.create", item=item)
+    return await c.until(lambda ev: ev["type"] in ("conversation.item.done", "error"))
+
+
+def test_text_mode_streams_output_text_in_ga_order_with_text_only_usage() -> None:
+    reply = Reply(transcript="Hello there, how can I help?")
+
+    async def scenario() -> None:
+        async with FakeRealtimeServer(Script([reply])) as srv, client(srv) as c:
+            await c.recv()
+            updated = await c.update(
+                instructions="You are a phone agent.", output_modalities=["text"], audio=pcmu()
+            )
+            assert updated["session"]["output_modalities"] == ["text"]
+            user = await say(c, "What are your opening hours?")
+            assert user["type"] == "conversation.item.done"
+            assert user["item"]["content"] == [{"type": "input_text", "text": "What are your opening hours?"}]
+            mark = len(c.log)
+            await c.send("response.create")
+            await c.until("rate_limits.updated")
+            events = c.log[mark:]
+            deltas = [ev for ev in events if ev["type"] == "response.output_text.delta"]
+            assert [ev["delta"] for ev in deltas] == ["Hello", " there,", " how", " can", " I", " help?"]
+            assert [ev["type"] for ev in events] == [
+                *HEAD,
+                *["response.output_text.delta"] * len(deltas),
+                *TEXT_TAIL,
+                "response.done",
+                "rate_limits.updated",
+            ]
+            assert text_of(events) == reply.transcript
+
+            created, done = events[0]["response"], events[-2]["response"]
+            assert created["output_modalities"] == done["output_modalities"] == ["text"]
+            added = events[1]["item"]
+            item_id = added["id"]
+            assert added == {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": "message",
+                "status": "in_progress",
+                "role": "assistant",
+                "content": [],
+            }
+            assert events[2]["item"] == added and events[2]["previous_item_id"] == user["item"]["id"]
+            assert events[3]["part"] == {"type": "text", "text": ""}
+            ids = {"response_id": created["id"], "item_id": item_id, "output_index": 0, "content_index": 0}
+            for ev in [events[3], *deltas, *events[-6:-4]]:
+                assert ev == {**ev, **ids}
+            assert set(deltas[0]) == {"type", "event_id", *ids, "delta"}
+            assert events[-6]["text"] == reply.transcript
+            assert events[-5]["part"] == {"type": "text", "text": reply.transcript}
+            final = {
+                **added,
+                "status": "completed",
+                "content": [{"type": "output_text", "text": reply.transcript}],
+            }
+            assert events[-4]["item"] == events[-3]["item"] == final
+            assert done["status"] == "completed" and done["output"] == [final]
+
+            usage = done["usage"]
+            assert usage["output_token_details"] == {"text_tokens": 8, "audio_tokens": 0}
+            assert usage["output_tokens"] == 8
+            details = usage["input_token_details"]
+            # Instructions and the typed user message: five words each.
+            assert details["text_tokens"] == 2 * round(5 * 1.3) and details["audio_tokens"] == 0
+            assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+            session = srv.sessions[0]
+            assert session.output_audio == {}
+            assert not any("audio" in t for t in c.types(mark))
+
+            # Only audio can be truncated.
+            await c.send("conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=0)
+            err = await c.until("error")
+            assert err["error"]["message"] == "Only model output audio messages can be truncated"
+
+    run(scenario)
+
+
+def test_text_mode_function_calls_stream_as_with_audio() -> None:
+    async def scenario() -> None:
+        script = Script(
+            [
+                Reply("Goodbye!", function_call=("end_call", {"reason": "done"})),
+                Reply(function_call=("lookup", {"q": "opening hours"})),
+            ]
+        )
+        async with FakeRealtimeServer(script) as srv, client(srv) as c:
+            await c.recv()
+            await c.update(output_modalities=["text"])
+            await say(c, "Bye.")
+            call_events = [
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "conversation.item.done",
+            ]
+            mark = len(c.log)
+            await c.send("response.create")
+            done = (await c.until("response.done"))["response"]
+            assert c.types(mark) == [
+                *HEAD,
+                "response.output_text.delta",
+                *TEXT_TAIL,
+                *call_events,
+                "response.done",
+            ]
+            assert text_of(c.log[mark:]) == "Goodbye!"
+            assert [o["type"] for o in done["output"]] == ["message", "function_call"]
+            assert done["output"][0]["content"] == [{"type": "output_text", "text": "Goodbye!"}]
+            call = done["output"][1]
+            assert (call["name"], json.loads(call["arguments"]), call["status"]) == (
+                "end_call",
+                {"reason": "done"},
+                "completed",
+            )
+            assert done["usage"]["output_token_details"]["audio_tokens"] == 0
+            await c.until("rate_limits.updated")
+
+            mark = len(c.log)
+            await c.send("response.create")
+            second = (await c.until("response.done"))["response"]
+            assert c.types(mark) == ["response.created", *call_events, "response.done"]
+            assert [o["type"] for o in second["output"]] == ["function_call"]
+            assert second["output"][0]["name"] == "lookup"
+            assert srv.sessions[0].output_audio == {}
+
+    run(scenario)
+
+
+def test_response_create_output_modalities_overrides_the_session_for_one_response() -> None:
+    async def scenario() -> None:
+        script = Script([Reply("Written once."), Reply("Spoken again."), Reply("Spoken on request.")])
+        async with FakeRealtimeServer(script) as srv, client(srv) as c:
+            await c.recv()
+            await c.update(audio=pcmu())
+            await c.send(
+                "response.create", event_id="both", response={"output_modalities": ["audio", "text"]}
+            )
+            err = await c.until("error")
+            assert err["error"]["event_id"] == "both"
+            assert (err["error"]["code"], err["error"]["param"]) == (
+                "invalid_value",
+                "response.output_modalities",
+            )
+            assert "response.created" not in c.types()
+
+            mark = len(c.log)
+            await c.send("response.create", response={"output_modalities": ["text"]})
+            done = (await c.until("response.done"))["response"]
+            assert done["output_modalities"] == ["text"]
+            assert not any("audio" in t for t in c.types(mark))
+            assert text_of(c.log[mark:]) == "Written once."
+            assert done["output"][0]["content"] == [{"type": "output_text", "text": "Written once."}]
+            assert done["usage"]["output_token_details"]["audio_tokens"] == 0
+
+            # The next response without an override speaks, as the session says.
+            mark = len(c.log)
+            await c.send("response.create")
+            done = (await c.until("response.done"))["response"]
+            assert done["output_modalities"] == ["audio"]
+            assert "response.output_text.delta" not in c.types(mark)
+            assert audio_of(c.log[mark:]) == Reply("Spoken again.").render_audio()
+            assert done["usage"]["output_token_details"]["audio_tokens"] > 0
+
+            # And the other way round: a text session asked to speak once.
+            await c.update(output_modalities=["text"])
+            mark = len(c.log)
+            await c.send("response.create", response={"output_modalities": ["audio"]})
+            done = (await c.until("response.done"))["response"]
+            assert done["output_modalities"] == ["audio"]
+            assert done["output"][0]["content"] == [
+                {"type": "output_audio", "transcript": "Spoken on request."}
+            ]
+            assert "response.output_text.delta" not in c.types(mark)
+            assert len(srv.sessions[0].output_audio) == 2
+
+    run(scenario)
+
+
+def test_text_mode_client_cancel_mid_text() -> None:
+    full = " ".join(f"word{i}" for i in range(40))
+
+    async def scenario() -> None:
+        async with FakeRealtimeServer(Script([Reply(full, pace=0.02)])) as srv, client(srv) as c:
+            await c.recv()
+            await c.update(output_modalities=["text"])
+            mark = len(c.log)
+            await c.send("response.create")
+            await c.until("response.output_text.delta")
+            await c.send("response.cancel")
+            done = (await c.until("response.done"))["response"]
+            assert done["status"] == "cancelled"
+            assert done["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+            types = c.types(mark)
+            n = types.count("response.output_text.delta")
+            assert 0 < n < 40
+            assert types == [
+                *HEAD,
+                *["response.output_text.delta"] * n,
+                *TEXT_TAIL,
+                "response.done",
+            ]
+            partial = text_of(c.log[mark:])
+            assert full.startswith(partial) and len(partial) < len(full)
+            text_done = next(ev for ev in c.log if ev["type"] == "response.output_text.done")
+            part_done = next(ev for ev in c.log if ev["type"] == "response.content_part.done")
+            item_done = next(ev for ev in c.log if ev["type"] == "response.output_item.done")
+            assert text_done["text"] == partial
+            assert part_done["part"] == {"type": "text", "text": partial}
+            assert item_done["item"]["status"] == "incomplete"
+            assert item_done["item"]["content"] == [{"type": "output_text", "text": partial}]
+            assert done["output"] == [item_done["item"]]
+            assert srv.sessions[0].active is None
+            await c.send("response.cancel")
+            assert (await c.until("error"))["error"]["code"] == "response_cancel_not_active"
+
+    run(scenario)
+
+
+def test_text_mode_scripted_drop_after_first_delta() -> None:
+    async def scenario() -> None:
+        async with (
+            FakeRealtimeServer(Script([Reply("Long answer " * 5)], close_after_first_delta=1011)) as srv,
+            client(srv) as c,
+        ):
+            await c.recv()
+            await c.update(output_modalities=["text"])
+            await c.send("response.create")
+            assert await c.close_code() == 1011
+            assert c.types().count("response.output_text.delta") == 1
+            assert "response.done" not in c.types()
+            await srv.sessions[0].wait_closed()
+
+    run(scenario)
+
+
+# --------------------------------------------------------------------------------------------
 # G.711 helpers
 
 

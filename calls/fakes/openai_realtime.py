@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import random
+import re
 import string
 import time
 import zlib
@@ -107,6 +108,20 @@ def _split(text: str, parts: int) -> list[str]:
     return [text[bounds[i] : bounds[i + 1]] for i in range(parts)]
 
 
+def _words(text: str) -> list[str]:
+    """Split ``text`` into word-sized text deltas that join back exactly.
+
+    Why word-sized: the model streams text token by token, each carrying its leading space, so
+    a client must cope with many small deltas. Empty text gives no deltas at all."""
+    pieces: list[str] = re.findall(r"\s*\S+", text)
+    tail = text[sum(map(len, pieces)) :]
+    if tail and pieces:
+        pieces[-1] += tail
+    elif tail:
+        pieces = [tail]
+    return pieces
+
+
 @dataclass
 class Reply:
     """One scripted model response."""
@@ -120,7 +135,7 @@ class Reply:
 
     @property
     def speaks(self) -> bool:
-        """A reply with only a function call produces no audio item (as the model does)."""
+        """A reply with only a function call produces no message item (as the model does)."""
         return self.audio is not None or bool(self.transcript) or self.function_call is None
 
     def render_audio(self, fmt: str = mulaw.ULAW) -> bytes:
@@ -731,6 +746,16 @@ class FakeSession:
         if params is not None and not isinstance(params, dict):
             await self._fail("invalid_type", "Invalid type for 'response'.", "response", ev)
             return
+        if (params or {}).get("output_modalities") not in (None, ["audio"], ["text"]):
+            # The SDK's type admits any list of "text"/"audio"; the service takes one modality
+            # per response, as it does per session (see check_session_update).
+            await self._fail(
+                "invalid_value",
+                "Invalid value for 'response.output_modalities'.",
+                "response.output_modalities",
+                ev,
+            )
+            return
         self._start_response(params or {})
 
     async def _on_response_cancel(self, ev: Event) -> None:
@@ -798,6 +823,10 @@ class FakeSession:
         self._spawn(self._stream(resp, reply, params or {}))
         return resp
 
+    def _modalities(self, params: Event) -> list[str]:
+        """``response.create`` may override the session's output modalities for one response."""
+        return list(params.get("output_modalities") or self.config["output_modalities"])
+
     def _response_obj(self, resp: _Response, status: str, params: Event) -> Event:
         cfg = self.config
         return {
@@ -807,7 +836,7 @@ class FakeSession:
             "status_details": None,
             "output": [],
             "conversation_id": self.conversation_id,
-            "output_modalities": cfg["output_modalities"],
+            "output_modalities": self._modalities(params),
             "max_output_tokens": cfg["max_output_tokens"],
             "audio": {
                 "output": {
@@ -827,7 +856,8 @@ class FakeSession:
             resp.created.set()
             output: list[Event] = []
             if reply.speaks and not resp.cancel.is_set():
-                output.append(await self._stream_audio(resp, reply, len(output)))
+                stream = self._stream_text if self._modalities(params) == ["text"] else self._stream_audio
+                output.append(await stream(resp, reply, len(output)))
             if reply.function_call and not resp.cancel.is_set():
                 output.append(await self._stream_call(resp, reply.function_call, len(output)))
             body["status"] = "cancelled" if resp.reason else "completed"
@@ -871,7 +901,17 @@ class FakeSession:
             async with asyncio.timeout(pace):
                 await resp.cancel.wait()
 
-    async def _stream_audio(self, resp: _Response, reply: Reply, index: int) -> Event:
+    async def _maybe_drop(self, resp: _Response, done: int) -> None:
+        """Honour ``Script.close_after_first_delta`` (first response only), audio or text."""
+        if done == 1 and resp.index == 0 and self.script.close_after_first_delta is not None:
+            await self._close(self.script.close_after_first_delta)
+            raise _Dropped
+
+    async def _open_message(
+        self, resp: _Response, index: int, part: Event
+    ) -> tuple[Event, str | None, Event]:
+        """Add an in-progress assistant message and announce it with its first content part;
+        return the item, its ``previous_item_id`` and the ids every delta of the part carries."""
         item_id = new_id("item")
         item: Event = {
             "id": item_id,
@@ -891,8 +931,30 @@ class FakeSession:
                 "item": copy.deepcopy(item),
             },
             {"type": "conversation.item.added", "previous_item_id": prev, "item": copy.deepcopy(item)},
-            {"type": "response.content_part.added", **ids, "part": {"type": "audio", "transcript": ""}},
+            {"type": "response.content_part.added", **ids, "part": part},
         )
+        return item, prev, ids
+
+    async def _close_message(
+        self, resp: _Response, item: Event, prev: str | None, ids: Event, part: Event, *dones: Event
+    ) -> None:
+        """Send the part's own ``done`` events, then close the part, the item and the conversation
+        entry: the same tail whether the message was spoken or written."""
+        await self._send(
+            *dones,
+            {"type": "response.content_part.done", **ids, "part": part},
+            {
+                "type": "response.output_item.done",
+                "response_id": resp.id,
+                "output_index": ids["output_index"],
+                "item": copy.deepcopy(item),
+            },
+            {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)},
+        )
+
+    async def _stream_audio(self, resp: _Response, reply: Reply, index: int) -> Event:
+        item, prev, ids = await self._open_message(resp, index, {"type": "audio", "transcript": ""})
+        item_id = item["id"]
         audio = reply.render_audio(self._out_fmt)
         size = max(1, reply.delta_ms) * mulaw.BYTES_PER_MS[self._out_fmt]
         chunks = [audio[i : i + size] for i in range(0, len(audio), size)]
@@ -913,26 +975,48 @@ class FakeSession:
                 events.append({"type": "response.output_audio_transcript.delta", **ids, "delta": piece})
             await self._send(*events)
             done += 1
-            if done == 1 and resp.index == 0 and self.script.close_after_first_delta is not None:
-                await self._close(self.script.close_after_first_delta)
-                raise _Dropped
+            await self._maybe_drop(resp, done)
             await self._pause(resp, reply.pace)
         transcript = "".join(said)
         self._audio_ms[item_id] = len(sent_audio) // mulaw.BYTES_PER_MS[self._out_fmt]
-        part = {"type": "audio", "transcript": transcript}
         item["status"] = "completed" if done == len(chunks) else "incomplete"
         item["content"] = [{"type": "output_audio", "transcript": transcript}]
-        await self._send(
+        await self._close_message(
+            resp,
+            item,
+            prev,
+            ids,
+            {"type": "audio", "transcript": transcript},
             {"type": "response.output_audio.done", **ids},
             {"type": "response.output_audio_transcript.done", **ids, "transcript": transcript},
-            {"type": "response.content_part.done", **ids, "part": part},
-            {
-                "type": "response.output_item.done",
-                "response_id": resp.id,
-                "output_index": index,
-                "item": copy.deepcopy(item),
-            },
-            {"type": "conversation.item.done", "previous_item_id": prev, "item": copy.deepcopy(item)},
+        )
+        return item
+
+    async def _stream_text(self, resp: _Response, reply: Reply, index: int) -> Event:
+        """``output_modalities: ["text"]``: the transcript is written, not spoken.
+
+        No audio is rendered or recorded in ``output_audio``, so usage counts text tokens only
+        and the item cannot be truncated (the service truncates audio only)."""
+        item, prev, ids = await self._open_message(resp, index, {"type": "text", "text": ""})
+        pieces = _words(reply.transcript)
+        said: list[str] = []
+        for piece in pieces:
+            if resp.cancel.is_set():
+                break
+            said.append(piece)
+            await self._send({"type": "response.output_text.delta", **ids, "delta": piece})
+            await self._maybe_drop(resp, len(said))
+            await self._pause(resp, reply.pace)
+        text = "".join(said)
+        item["status"] = "completed" if len(said) == len(pieces) else "incomplete"
+        item["content"] = [{"type": "output_text", "text": text}]
+        await self._close_message(
+            resp,
+            item,
+            prev,
+            ids,
+            {"type": "text", "text": text},
+            {"type": "response.output_text.done", **ids, "text": text},
         )
         return item
 

@@ -1,0 +1,379 @@
+"""Agent tests, the Django side (issue 17): tests as rows, a test made from a stored call, a
+run stored per test and expectation, the rubric judged by the analysis model, files for the
+repository, and the background job behind the admin's "Run tests" button.
+
+Offline (the default) the model is the stand-in, scripted by the test, and the judge the fake
+Responses API: deterministic and free, so the tests run in CI without a key. ``real=True``
+holds the same conversation with the Realtime API in text and asks the analysis model to judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django_tasks import task
+
+from calls import agent_test_runner, analysis, analysis_jobs, analysis_model, pricing, tools
+from calls.agent_tests import (
+    FILE_VERSION,
+    Line,
+    Outcome,
+    Spec,
+    SpecError,
+    StoredLine,
+    Transcript,
+    check,
+    spec_from_call,
+    spec_from_data,
+    spec_to_data,
+)
+from calls.models import Agent, AgentTest, AgentTestRun, Call, RunMode, ToolCall, Turn, TurnKind
+from calls.services import agent_settings
+
+logger = logging.getLogger(__name__)
+
+# A test's pass rate is over its newest runs.
+PASS_RATE_RUNS = 20
+TEST_CALLER = "+15550100000"  # the number a test's tools see as the caller's
+
+
+def spec_of(test: AgentTest) -> Spec:
+    """The row as the pure ``Spec``; ``SpecError`` says what to fix."""
+    return spec_from_data(
+        {
+            "caller_turns": test.caller_turns,
+            "expect_tools": test.expect_tools,
+            "forbid_tools": test.forbid_tools,
+            "must_say": test.must_say,
+            "must_not_say": test.must_not_say,
+            "ending": test.ending,
+            "rubric": test.rubric,
+            "tool_results": test.tool_results,
+            "standin": test.standin,
+        }
+    )
+
+
+def _apply(test: AgentTest, spec: Spec) -> None:
+    data = spec_to_data(spec)
+    for key, value in data.items():
+        setattr(test, key, value)
+
+
+# --- a test from a call ------------------------------------------------------------------
+
+
+def stored_lines(call: Call) -> list[StoredLine]:
+    """A stored call's turns and tool calls, merged in conversation order."""
+    lines: list[tuple[int, int, StoredLine]] = []
+    for turn in Turn.objects.filter(call=call):
+        text = turn.text if turn.kind == TurnKind.SPEECH else f"(pressed {turn.text})"
+        line = StoredLine("caller", text) if turn.role == "caller" else StoredLine("agent", text)
+        lines.append((turn.position, 0, line))
+    for row in ToolCall.objects.filter(call=call):
+        arguments = row.arguments if isinstance(row.arguments, dict) else {}
+        lines.append((row.position, 1, StoredLine("tool", tool_name=row.name, arguments=arguments)))
+    return [line for _, _, line in sorted(lines, key=lambda entry: (entry[0], entry[1]))]
+
+
+class CannotMakeTest(ValueError):
+    pass
+
+
+def make_test_from_call(call: Call, *, name: str = "") -> AgentTest:
+    """A test that expects what happened in ``call`` to happen again (``spec_from_call``)."""
+    if call.agent is None:
+        raise CannotMakeTest(f"call {call.call_sid} has no agent")
+    spec = spec_from_call(stored_lines(call), call.ended_reason)
+    if not spec.caller_turns:
+        raise CannotMakeTest(f"the caller said nothing in call {call.call_sid}")
+    base = name or f"Call {call.call_sid[-8:]} of {timezone.localtime(call.created_at):%Y-%m-%d %H:%M}"
+    test = AgentTest(agent=call.agent, source_call=call)
+    _apply(test, spec)
+    test.name = base
+    n = 1
+    while AgentTest.objects.filter(agent=call.agent, name=test.name).exists():
+        n += 1
+        test.name = f"{base} ({n})"
+    test.save()
+    return test
+
+
+# --- files -------------------------------------------------------------------------------
+
+
+# The agent's settings a tests file carries, so that a fresh database (CI) can run its tests.
+_NOT_EXPORTED = {"id", "created_at", "updated_at"}
+
+
+def _agent_data(agent: Agent) -> dict[str, Any]:
+    return {
+        f.name: getattr(agent, f.name) for f in Agent._meta.concrete_fields if f.name not in _NOT_EXPORTED
+    }
+
+
+def export_tests(tests: Iterable[AgentTest]) -> dict[str, Any]:
+    """The tests, and the agents they test, as a JSON document for the project's repository
+    (``import_tests`` reads it)."""
+    tests = list(tests)
+    agents = {test.agent.name: test.agent for test in tests}
+    return {
+        "version": FILE_VERSION,
+        "agents": [_agent_data(agent) for _, agent in sorted(agents.items())],
+        "tests": [
+            {"agent": test.agent.name, "name": test.name, **spec_to_data(spec_of(test))} for test in tests
+        ],
+    }
+
+
+def _agent_for(name: Any, described: dict[str, dict[str, Any]], made: list[str]) -> Agent:
+    """The agent named ``name``; made from the file's description if the database has none
+    (a fresh CI database). An existing agent is never changed by an import."""
+    agent = Agent.objects.filter(name=name).first()
+    if agent is not None:
+        return agent
+    if name not in described:
+        raise SpecError(f"no agent named {name!r}, here or in the file")
+    fields = {f.name for f in Agent._meta.concrete_fields} - _NOT_EXPORTED
+    data = described[name]
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise SpecError(f"agent {name!r}: unknown setting(s) {', '.join(unknown)}")
+    agent = Agent(**data)
+    try:
+        agent.full_clean()
+    except ValidationError as exc:
+        raise SpecError(f"agent {name!r}: {'; '.join(exc.messages)}") from exc
+    agent.save()
+    made.append(str(name))
+    return agent
+
+
+def import_tests(document: Any) -> tuple[int, int, list[str]]:
+    """Create or update tests by agent and name; all or nothing. Returns (created, updated,
+    the agents made from the file)."""
+    if not isinstance(document, dict) or not isinstance(document.get("tests"), list):
+        raise SpecError('a tests file is {"version": 1, "agents": [...], "tests": [...]}')
+    if document.get("version", FILE_VERSION) != FILE_VERSION:
+        raise SpecError(f"unknown tests file version {document.get('version')!r}")
+    agents = document.get("agents", [])
+    if not isinstance(agents, list) or not all(isinstance(a, dict) and a.get("name") for a in agents):
+        raise SpecError("agents must be a list of objects with a name")
+    described = {str(a["name"]): a for a in agents}
+    created = updated = 0
+    made: list[str] = []
+    with transaction.atomic():
+        for n, item in enumerate(document["tests"], 1):
+            if not isinstance(item, dict) or not str(item.get("name") or "").strip():
+                raise SpecError(f"test {n} has no name")
+            try:
+                spec = spec_from_data(item)
+                agent = _agent_for(item.get("agent"), described, made)
+            except SpecError as exc:
+                raise SpecError(f"test {n} ({item['name']}): {exc}") from exc
+            test = AgentTest.objects.filter(agent=agent, name=item["name"]).first()
+            if test is None:
+                test, created = AgentTest(agent=agent, name=item["name"]), created + 1
+            else:
+                updated += 1
+            _apply(test, spec)
+            test.save()
+    return created, updated, made
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+def judge_client(real: bool) -> Any:
+    """The analysis model's client; offline, the fake Responses API of this process."""
+    if real:
+        if not settings.OPENAI_API_KEY:
+            raise analysis_model.AnalysisFailed("OPENAI_API_KEY is not set")
+        return analysis_model.client(
+            api_key=settings.OPENAI_API_KEY,
+            base_url=settings.OPENAI_BASE_URL,
+            timeout=settings.ANALYSIS_TIMEOUT_SECONDS,
+        )
+    return analysis_model.client(api_key="stand-in", base_url=analysis_jobs.standin_base_url(), timeout=10.0)
+
+
+def judge(rubric: str, transcript: Transcript, *, real: bool) -> tuple[Outcome, dict[str, Any], str]:
+    """The rubric as a pass/fail with a reason, by the analysis model (post-call analysis's
+    success verdict, with the rubric as its criteria). Returns the outcome, usage, model."""
+    plan = analysis.Plan(summary=False, success_criteria=rubric)
+    turns = [analysis.Turn(line.speaker, agent_test_runner.line_text(line)) for line in transcript.lines]
+    try:
+        answer = analysis_model.analyse(plan, turns, model=settings.ANALYSIS_MODEL, client=judge_client(real))
+    except analysis_model.AnalysisFailed as exc:
+        return Outcome("rubric", rubric, False, f"the judge failed: {exc}"), {}, ""
+    verdict = bool(answer.analysis.success)
+    return Outcome("rubric", rubric, verdict, answer.analysis.reason), answer.usage, answer.model
+
+
+def _tool_runner(test: AgentTest, run_id: int) -> agent_test_runner.RunTool:
+    context = tools.ToolContext(
+        call_sid=f"agent-test-{run_id}",
+        from_number=TEST_CALLER,
+        to_number=test.agent.phone_number,
+        agent_name=test.agent.name,
+    )
+
+    async def run(name: str, arguments: str) -> tuple[Any, str]:
+        outcome = await tools.run_tool(name, arguments, context)
+        return outcome.output, outcome.error
+
+    return run
+
+
+def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTestRun:
+    """One run of one test, stored. A run that cannot be held (a bad test, the model refused)
+    is stored with its error and counts as failed."""
+    run = AgentTestRun.objects.create(
+        test=test, batch=batch or new_batch(), mode=RunMode.REAL if real else RunMode.OFFLINE
+    )
+    try:
+        spec = spec_of(test)
+        agent = agent_settings(test.agent)
+        runner = _tool_runner(test, run.pk)
+        if real:
+            if not settings.OPENAI_API_KEY:
+                raise agent_test_runner.ConversationFailed("OPENAI_API_KEY is not set: --real needs it")
+            conversation = asyncio.run(
+                agent_test_runner.converse(
+                    spec,
+                    agent,
+                    url=settings.OPENAI_REALTIME_URL,
+                    api_key=settings.OPENAI_API_KEY,
+                    run_tool=runner,
+                )
+            )
+        else:
+            conversation = asyncio.run(agent_test_runner.converse_offline(spec, agent, run_tool=runner))
+    except (SpecError, agent_test_runner.ConversationFailed) as exc:
+        run.passed, run.error, run.finished_at = False, str(exc), timezone.now()
+        run.save(update_fields=["passed", "error", "finished_at"])
+        return run
+    outcomes = check(spec, conversation.transcript)
+    usage: dict[str, Any] = {"conversation": conversation.usage}
+    cost = pricing.estimate_cost(conversation.model, conversation.usage) if real else None
+    if spec.rubric:
+        verdict, judge_usage, judge_model = judge(spec.rubric, conversation.transcript, real=real)
+        outcomes.append(verdict)
+        run.judge_reason = verdict.message
+        usage["judge"] = judge_usage
+        if real and judge_model:
+            judge_cost = pricing.estimate_text_cost(judge_model, judge_usage)
+            cost = (cost or 0) + judge_cost if judge_cost is not None else cost
+    run.passed = all(outcome.passed for outcome in outcomes)
+    run.outcomes = [outcome.as_data() for outcome in outcomes]
+    run.transcript = [line.as_data() for line in conversation.transcript.lines]
+    run.model = conversation.model
+    run.usage = usage
+    run.cost_usd = cost
+    run.finished_at = timezone.now()
+    run.save()
+    return run
+
+
+def new_batch() -> str:
+    return timezone.now().strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+
+
+@dataclass
+class Report:
+    """One test over ``runs`` runs of a batch."""
+
+    test: AgentTest
+    runs: list[AgentTestRun]
+
+    @property
+    def passes(self) -> int:
+        return sum(1 for run in self.runs if run.passed)
+
+    @property
+    def passed(self) -> bool:
+        return self.passes == len(self.runs)
+
+    @property
+    def score(self) -> str:
+        return f"{self.passes}/{len(self.runs)}"
+
+    def failures(self) -> list[str]:
+        """Each failed expectation's message (or the run's error), once, with how often."""
+        seen: dict[str, int] = {}
+        for run in self.runs:
+            messages = [run.error] if run.error else []
+            messages += [
+                f"{o['kind']} {o['expectation']!r}: {o['message']}" for o in run.outcomes if not o["passed"]
+            ]
+            for message in messages:
+                seen[message] = seen.get(message, 0) + 1
+        return [
+            f"{message}" + (f" ({count} of {len(self.runs)} runs)" if len(self.runs) > 1 else "")
+            for message, count in seen.items()
+        ]
+
+
+def run_tests(
+    tests: Iterable[AgentTest],
+    *,
+    real: bool = False,
+    runs: int = 1,
+    batch: str = "",
+    progress: Callable[[AgentTest, AgentTestRun], None] | None = None,
+) -> list[Report]:
+    batch = batch or new_batch()
+    reports = []
+    for test in tests:
+        report = Report(test, [])
+        for _ in range(runs):
+            run = run_test(test, real=real, batch=batch)
+            report.runs.append(run)
+            if progress is not None:
+                progress(test, run)
+        reports.append(report)
+    return reports
+
+
+def pass_rates(agent: Agent, *, last: int = PASS_RATE_RUNS) -> list[tuple[AgentTest, int, int]]:
+    """Each of the agent's tests with its passes over its newest finished runs."""
+    rates = []
+    for test in AgentTest.objects.filter(agent=agent):
+        results = list(
+            test.runs.exclude(passed__isnull=True)
+            .order_by("-started_at", "-pk")
+            .values_list("passed", flat=True)[:last]
+        )
+        rates.append((test, sum(1 for passed in results if passed), len(results)))
+    return rates
+
+
+# --- the admin's button ------------------------------------------------------------------
+
+
+@task()
+def run_agent_tests(agent_id: int, batch: str) -> dict[str, int]:
+    """Every test of one agent, offline, as a background job (the admin's "Run tests")."""
+    tests = AgentTest.objects.filter(agent_id=agent_id)
+    reports = run_tests(tests, batch=batch)
+    passed = sum(1 for report in reports if report.passed)
+    logger.info("agent %s: tests run (batch %s): %d of %d passed", agent_id, batch, passed, len(reports))
+    return {"passed": passed, "tests": len(reports)}
+
+
+def queue_agent_tests(agent: Agent) -> str:
+    batch = new_batch()
+    transaction.on_commit(lambda: run_agent_tests.enqueue(agent.pk, batch))
+    return batch
+
+
+__all__ = ["Line", "Report", "judge", "make_test_from_call", "run_test", "run_tests"]
