@@ -21,6 +21,9 @@ from calls.models import Agent, AgentTest, AgentTestRun, Call
 
 SPEC_FIELDS = [
     "caller_turns",
+    "caller_goal",
+    "caller_persona",
+    "max_turns",
     "expect_tools",
     "forbid_tools",
     "must_say",
@@ -91,7 +94,14 @@ class AgentTestAdmin(admin.ModelAdmin[AgentTest]):
     readonly_fields = ["made_from", "recent_runs"]
     fieldsets = [
         (None, {"fields": ["agent", "name", "made_from"]}),
-        ("The caller", {"fields": ["caller_turns"]}),
+        (
+            "The caller",
+            {
+                "fields": ["caller_turns", "caller_goal", "caller_persona", "max_turns"],
+                "description": "Scripted turns, or a goal and persona for a simulated caller "
+                "(offline, it says the offline replies' caller lines).",
+            },
+        ),
         (
             "Expectations",
             {"fields": ["expect_tools", "forbid_tools", "must_say", "must_not_say", "ending", "rubric"]},

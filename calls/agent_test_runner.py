@@ -29,6 +29,9 @@ MAX_RESPONSES_PER_TURN = 8
 RESPONSE_TIMEOUT = 60.0
 
 RunTool = Callable[[str, str], Awaitable[tuple[Any, str]]]  # (name, arguments) -> (output, error)
+# A simulated caller: the conversation so far -> what the caller says next, and whether the
+# call is over for them after it.
+NextTurn = Callable[[Transcript], Awaitable[tuple[str, bool]]]
 
 
 class ConversationFailed(Exception):
@@ -42,14 +45,14 @@ class Conversation:
     model: str = ""
 
 
-def _add_usage(total: dict[str, Any], usage: Any) -> None:
+def add_usage(total: dict[str, Any], usage: Any) -> None:
     """Sum ``response.done`` usages field by field, nested details included (the shape
     ``pricing.estimate_cost`` reads, as for a call)."""
     if not isinstance(usage, dict):
         return
     for key, value in usage.items():
         if isinstance(value, dict):
-            _add_usage(total.setdefault(key, {}), value)
+            add_usage(total.setdefault(key, {}), value)
         elif isinstance(value, int) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
 
@@ -143,7 +146,7 @@ class _Holder:
         request = first
         for _ in range(MAX_RESPONSES_PER_TURN):
             result = await session.respond(request)
-            _add_usage(self.usage, result.usage)
+            add_usage(self.usage, result.usage)
             if result.status not in ("completed", ""):
                 raise ConversationFailed(f"a response ended {result.status!r}")
             self.lines.extend(Line("agent", text) for text in result.texts)
@@ -152,7 +155,7 @@ class _Holder:
             if self.ended:
                 if not result.texts:
                     goodbye = await session.respond(realtime.response_create(tools=False))
-                    _add_usage(self.usage, goodbye.usage)
+                    add_usage(self.usage, goodbye.usage)
                     self.lines.extend(Line("agent", text) for text in goodbye.texts)
                 return
             if not result.calls:
@@ -229,17 +232,34 @@ class LiveConversation:
 
 
 async def converse(
-    spec: Spec, agent: AgentConfig, *, url: str, api_key: str, run_tool: RunTool
+    spec: Spec,
+    agent: AgentConfig,
+    *,
+    url: str,
+    api_key: str,
+    run_tool: RunTool,
+    caller: NextTurn | None = None,
 ) -> Conversation:
-    """The test's caller turns, one by one, each answered; stops early once the agent ends or
-    transfers the call."""
+    """The test's caller turns, one by one, each answered; or, for an open-ended test, what
+    the simulated ``caller`` says, up to ``spec.max_turns`` turns. Stops early once the agent
+    ends or transfers the call, or the simulated caller is done."""
     live = LiveConversation(spec, agent, run_tool=run_tool)
     try:
         await live.open(url, api_key)
-        for turn in spec.caller_turns:
-            if live.ended:
-                break
-            await live.say(turn)
+        if caller is None:
+            for turn in spec.caller_turns:
+                if live.ended:
+                    break
+                await live.say(turn)
+        else:
+            for _ in range(spec.max_turns):
+                if live.ended:
+                    break
+                text, done = await caller(live.transcript)
+                if text:
+                    await live.say(text)
+                if done:
+                    break
     finally:
         await live.close()
     return Conversation(live.transcript, live.usage, agent.model)
@@ -279,10 +299,22 @@ async def standin(spec: Spec, instructions: str) -> AsyncIterator[str]:
         raise ConversationFailed("the stand-in sent invalid events: " + "; ".join(problems[:3]))
 
 
-async def converse_offline(spec: Spec, agent: AgentConfig, *, run_tool: RunTool) -> Conversation:
+async def converse_offline(
+    spec: Spec, agent: AgentConfig, *, run_tool: RunTool, caller: NextTurn | None = None
+) -> Conversation:
     """The conversation against the stand-in."""
     async with standin(spec, agent.instructions) as url:
-        return await converse(spec, agent, url=url, api_key=STANDIN_KEY, run_tool=run_tool)
+        return await converse(spec, agent, url=url, api_key=STANDIN_KEY, run_tool=run_tool, caller=caller)
+
+
+def scripted_caller(lines: list[str]) -> NextTurn:
+    """Offline, a simulated caller says the stand-in's ``caller`` lines, then is done."""
+    remaining = list(lines)
+
+    async def next_turn(transcript: Transcript) -> tuple[str, bool]:
+        return (remaining.pop(0) if remaining else ""), len(remaining) == 0
+
+    return next_turn
 
 
 def line_text(line: Line) -> str:
@@ -304,8 +336,10 @@ __all__ = [
     "ENDING_TOOLS",
     "Conversation",
     "ConversationFailed",
+    "NextTurn",
     "converse",
     "converse_offline",
     "describe",
     "line_text",
+    "scripted_caller",
 ]

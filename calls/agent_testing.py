@@ -14,6 +14,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -22,7 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_tasks import task
 
-from calls import agent_test_runner, analysis, analysis_jobs, analysis_model, pricing, tools
+from calls import agent_test_runner, analysis, analysis_jobs, analysis_model, pricing, simulated_caller, tools
 from calls.agent_tests import (
     FILE_VERSION,
     Line,
@@ -35,6 +36,7 @@ from calls.agent_tests import (
     spec_from_call,
     spec_from_data,
     spec_to_data,
+    standin_caller,
 )
 from calls.models import Agent, AgentTest, AgentTestRun, Call, RunMode, ToolCall, Turn, TurnKind
 from calls.services import agent_settings
@@ -51,6 +53,9 @@ def spec_of(test: AgentTest) -> Spec:
     return spec_from_data(
         {
             "caller_turns": test.caller_turns,
+            "caller_goal": test.caller_goal,
+            "caller_persona": test.caller_persona,
+            "max_turns": test.max_turns,
             "expect_tools": test.expect_tools,
             "forbid_tools": test.forbid_tools,
             "must_say": test.must_say,
@@ -234,19 +239,54 @@ def _tool_runner(test: AgentTest, run_id: int) -> agent_test_runner.RunTool:
     return run
 
 
+def _caller(spec: Spec, *, real: bool, usage: dict[str, Any]) -> agent_test_runner.NextTurn | None:
+    """An open-ended test's simulated caller: offline, the stand-in's scripted ``caller``
+    lines; real, the text model (``ANALYSIS_MODEL``) given the goal and the persona."""
+    if not spec.caller_goal:
+        return None
+    if not real:
+        lines = standin_caller(spec)
+        if not lines:
+            raise agent_test_runner.ConversationFailed(
+                "offline, a simulated caller says the stand-in's caller lines: add standin.caller"
+            )
+        return agent_test_runner.scripted_caller(lines)
+    client = judge_client(True)
+    caller_usage = usage.setdefault("caller", {})
+
+    async def next_turn(transcript: Transcript) -> tuple[str, bool]:
+        try:
+            turn = await asyncio.to_thread(
+                simulated_caller.next_turn,
+                spec.caller_goal,
+                spec.caller_persona,
+                transcript,
+                model=settings.ANALYSIS_MODEL,
+                client=client,
+            )
+        except analysis_model.AnalysisFailed as exc:
+            raise agent_test_runner.ConversationFailed(str(exc)) from exc
+        agent_test_runner.add_usage(caller_usage, turn.usage)
+        return turn.say, turn.done
+
+    return next_turn
+
+
 def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTestRun:
     """One run of one test, stored. A run that cannot be held (a bad test, the model refused)
     is stored with its error and counts as failed."""
     run = AgentTestRun.objects.create(
         test=test, batch=batch or new_batch(), mode=RunMode.REAL if real else RunMode.OFFLINE
     )
+    usage: dict[str, Any] = {}
     try:
         spec = spec_of(test)
         agent = agent_settings(test.agent)
         runner = _tool_runner(test, run.pk)
+        if real and not settings.OPENAI_API_KEY:
+            raise agent_test_runner.ConversationFailed("OPENAI_API_KEY is not set: --real needs it")
+        caller = _caller(spec, real=real, usage=usage)
         if real:
-            if not settings.OPENAI_API_KEY:
-                raise agent_test_runner.ConversationFailed("OPENAI_API_KEY is not set: --real needs it")
             conversation = asyncio.run(
                 agent_test_runner.converse(
                     spec,
@@ -254,25 +294,29 @@ def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTe
                     url=settings.OPENAI_REALTIME_URL,
                     api_key=settings.OPENAI_API_KEY,
                     run_tool=runner,
+                    caller=caller,
                 )
             )
         else:
-            conversation = asyncio.run(agent_test_runner.converse_offline(spec, agent, run_tool=runner))
-    except (SpecError, agent_test_runner.ConversationFailed) as exc:
-        run.passed, run.error, run.finished_at = False, str(exc), timezone.now()
-        run.save(update_fields=["passed", "error", "finished_at"])
+            conversation = asyncio.run(
+                agent_test_runner.converse_offline(spec, agent, run_tool=runner, caller=caller)
+            )
+    except (SpecError, agent_test_runner.ConversationFailed, analysis_model.AnalysisFailed) as exc:
+        run.passed, run.error, run.finished_at, run.usage = False, str(exc), timezone.now(), usage
+        run.save(update_fields=["passed", "error", "finished_at", "usage"])
         return run
     outcomes = check(spec, conversation.transcript)
-    usage: dict[str, Any] = {"conversation": conversation.usage}
+    usage["conversation"] = conversation.usage
     cost = pricing.estimate_cost(conversation.model, conversation.usage) if real else None
+    if real and usage.get("caller"):
+        cost = _plus(cost, pricing.estimate_text_cost(settings.ANALYSIS_MODEL, usage["caller"]))
     if spec.rubric:
         verdict, judge_usage, judge_model = judge(spec.rubric, conversation.transcript, real=real)
         outcomes.append(verdict)
         run.judge_reason = verdict.message
         usage["judge"] = judge_usage
         if real and judge_model:
-            judge_cost = pricing.estimate_text_cost(judge_model, judge_usage)
-            cost = (cost or 0) + judge_cost if judge_cost is not None else cost
+            cost = _plus(cost, pricing.estimate_text_cost(judge_model, judge_usage))
     run.passed = all(outcome.passed for outcome in outcomes)
     run.outcomes = [outcome.as_data() for outcome in outcomes]
     run.transcript = [line.as_data() for line in conversation.transcript.lines]
@@ -282,6 +326,12 @@ def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTe
     run.finished_at = timezone.now()
     run.save()
     return run
+
+
+def _plus(total: Decimal | None, more: Decimal | None) -> Decimal | None:
+    if more is None:
+        return total
+    return more if total is None else total + more
 
 
 def new_batch() -> str:

@@ -21,9 +21,13 @@ ENDINGS: tuple[Ending, ...] = ("any", "agent_ended", "transferred", "open")
 ENDING_TOOLS = {"end_call": "agent_ended", "transfer_call": "transferred"}
 FILE_VERSION = 1
 
+MAX_CALLER_TURNS = 20
 _SPEC_KEYS = frozenset(
     {
         "caller_turns",
+        "caller_goal",
+        "caller_persona",
+        "max_turns",
         "expect_tools",
         "forbid_tools",
         "must_say",
@@ -58,6 +62,11 @@ class Spec:
 
     caller_turns: tuple[str, ...]
     expect_tools: tuple[ExpectedTool, ...] = ()
+    # Open-ended instead of scripted: a simulated caller (a text model) with this goal and
+    # persona says the caller's turns, at most ``max_turns`` of them.
+    caller_goal: str = ""
+    caller_persona: str = ""
+    max_turns: int = 6
     forbid_tools: tuple[str, ...] = ()
     must_say: tuple[str, ...] = ()
     must_not_say: tuple[str, ...] = ()
@@ -237,6 +246,12 @@ def check(spec: Spec, transcript: Transcript) -> list[Outcome]:
 # --- the offline stand-in's answers ------------------------------------------------------
 
 
+def standin_caller(spec: Spec) -> list[str]:
+    """Offline, a simulated caller says these lines in order (the stand-in plays both sides),
+    then is done."""
+    return [str(line) for line in spec.standin.get("caller", [])]
+
+
 def standin_replies(spec: Spec, instructions: str) -> list[dict[str, Any]]:
     """The replies the stand-in model gives, in order: the first ``variants`` entry whose
     phrase the agent's instructions contain, else ``replies``. A variant lets an offline test
@@ -273,8 +288,11 @@ def _reply_problem(reply: Any, where: str) -> str | None:
 
 
 def _check_standin(standin: Any) -> Mapping[str, Any]:
-    if not isinstance(standin, dict) or not set(standin) <= {"replies", "variants"}:
-        raise SpecError("standin must be an object with replies and optional variants")
+    if not isinstance(standin, dict) or not set(standin) <= {"replies", "variants", "caller"}:
+        raise SpecError("standin must be an object with replies, and optional variants and caller")
+    caller = standin.get("caller", [])
+    if not isinstance(caller, list) or not all(isinstance(line, str) for line in caller):
+        raise SpecError("standin.caller must be a list of strings: the simulated caller's lines, offline")
     groups = [("standin.replies", standin.get("replies", []))]
     variants = standin.get("variants", [])
     if not isinstance(variants, list):
@@ -300,8 +318,20 @@ def spec_from_data(data: Any) -> Spec:
     if unknown:
         raise SpecError(f"unknown key(s): {', '.join(unknown)}")
     turns = _strings(data, "caller_turns")
-    if not turns:
-        raise SpecError("caller_turns: give the caller at least one thing to say")
+    goal, persona = data.get("caller_goal", ""), data.get("caller_persona", "")
+    if not isinstance(goal, str) or not isinstance(persona, str):
+        raise SpecError("caller_goal and caller_persona must be text")
+    if bool(turns) == bool(goal.strip()):
+        raise SpecError(
+            "caller_turns or caller_goal: give the caller things to say, or a goal for a simulated caller"
+        )
+    max_turns = data.get("max_turns", 6)
+    if (
+        isinstance(max_turns, bool)
+        or not isinstance(max_turns, int)
+        or not 1 <= max_turns <= MAX_CALLER_TURNS
+    ):
+        raise SpecError(f"max_turns must be a whole number from 1 to {MAX_CALLER_TURNS}")
     expected = []
     raw_expected = data.get("expect_tools", [])
     if not isinstance(raw_expected, list):
@@ -326,6 +356,9 @@ def spec_from_data(data: Any) -> Spec:
         raise SpecError("rubric must be text")
     return Spec(
         caller_turns=turns,
+        caller_goal=goal.strip(),
+        caller_persona=persona.strip(),
+        max_turns=max_turns,
         expect_tools=tuple(expected),
         forbid_tools=_strings(data, "forbid_tools"),
         must_say=_strings(data, "must_say"),
@@ -341,6 +374,9 @@ def spec_to_data(spec: Spec) -> dict[str, Any]:
     """The JSON form ``spec_from_data`` reads back."""
     return {
         "caller_turns": list(spec.caller_turns),
+        "caller_goal": spec.caller_goal,
+        "caller_persona": spec.caller_persona,
+        "max_turns": spec.max_turns,
         "expect_tools": [{"name": e.name, "arguments": dict(e.arguments)} for e in spec.expect_tools],
         "forbid_tools": list(spec.forbid_tools),
         "must_say": list(spec.must_say),

@@ -486,7 +486,20 @@ class AgentTest(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tests")
     name = models.CharField(max_length=120)
     caller_turns = models.JSONField(
-        default=list, help_text='What the caller says, in order: ["Hi", "A table for two"].'
+        default=list,
+        blank=True,
+        help_text='What the caller says, in order: ["Hi", "A table for two"]. Or leave it empty and '
+        "give a goal: a simulated caller then talks.",
+    )
+    caller_goal = models.TextField(
+        blank=True,
+        help_text="Open-ended tests: what the simulated caller wants (a text model plays the caller).",
+    )
+    caller_persona = models.TextField(blank=True, help_text="Who the simulated caller is and how they talk.")
+    max_turns = models.PositiveSmallIntegerField(
+        default=6,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="The simulated caller's turns at most.",
     )
     expect_tools = models.JSONField(
         default=list,

@@ -369,3 +369,107 @@ def test_real_runs_need_a_key(restaurant, settings):
     settings.OPENAI_API_KEY = ""
     run = agent_testing.run_test(make_test(restaurant, "no key", spec()), real=True)
     assert run.passed is False and run.error == "OPENAI_API_KEY is not set: --real needs it"
+
+
+# --- open-ended tests: a simulated caller --------------------------------------------------
+
+
+def test_offline_a_simulated_caller_says_the_stand_ins_caller_lines(restaurant):
+    test = make_test(
+        restaurant,
+        "open-ended",
+        {
+            "caller_goal": "Book a table for two on June first 2031 at eight, as Rossi.",
+            "max_turns": 5,
+            "expect_tools": [{"name": "book_table", "arguments": {"party_size": 2}}],
+            "standin": {
+                "caller": ["Hi, a table for two on June first 2031 at eight, Rossi.", "Great, bye!"],
+                "replies": [
+                    GREETING_REPLY,
+                    {
+                        "transcript": "Booking it.",
+                        "function_call": {"name": "book_table", "arguments": BOOKING},
+                    },
+                    "Booked!",
+                    "Goodbye!",
+                ],
+            },
+        },
+    )
+    run = agent_testing.run_test(test)
+    assert run.passed, (run.error, run.outcomes)
+    said = [line["text"] for line in run.transcript if line["speaker"] == "caller"]
+    assert said == ["Hi, a table for two on June first 2031 at eight, Rossi.", "Great, bye!"]
+
+    test.standin = {"replies": []}
+    test.save()
+    run = agent_testing.run_test(test)
+    assert run.passed is False
+    assert run.error == "offline, a simulated caller says the stand-in's caller lines: add standin.caller"
+
+
+GREETING_REPLY = "Trattoria Example, good evening! How can I help?"
+
+
+def test_real_a_simulated_caller_is_a_text_model_given_the_goal_and_persona(restaurant, settings, loop):
+    from calls import simulated_caller
+    from calls.fakes.openai_realtime import FakeRealtimeServer, Reply, Script
+    from calls.fakes.openai_responses import FakeResponsesServer
+
+    realtime_fake = FakeRealtimeServer(
+        Script(replies=[Reply(GREETING_REPLY), Reply("Sure, you are booked.")]), api_key="sk-real-run"
+    )
+    loop.run(realtime_fake.start())
+    try:
+        with FakeResponsesServer(api_key="sk-real-run") as model:
+            settings.OPENAI_API_KEY = "sk-real-run"
+            settings.OPENAI_REALTIME_URL = realtime_fake.url
+            settings.OPENAI_BASE_URL = model.base_url
+            test = make_test(
+                restaurant,
+                "simulated",
+                {
+                    "caller_goal": "Book a table for two.",
+                    "caller_persona": "An impatient regular.",
+                    "max_turns": 6,
+                },
+            )
+            run = agent_testing.run_test(test, real=True)
+            requests = model.requests
+    finally:
+        loop.run(realtime_fake.stop())
+    assert run.error == "" and run.passed
+    # The fake model (its rule: done once the call holds a yes-word) is done after "Sure...":
+    # two caller turns, well short of max_turns.
+    assert len(requests) == 2
+    first, second = requests
+    assert "Your goal: Book a table for two." in first["instructions"]
+    assert "An impatient regular." in first["instructions"]
+    assert first["text"]["format"] == {
+        "type": "json_schema",
+        "name": "caller_turn",
+        "schema": simulated_caller.SCHEMA,
+        "strict": True,
+    }
+    assert first["input"][0]["content"] == f"agent: {GREETING_REPLY}"
+    assert second["input"][0]["content"].endswith("agent: Sure, you are booked.")
+    speakers = [line["speaker"] for line in run.transcript]
+    assert speakers == ["agent", "caller", "agent", "caller", "agent"]
+    assert run.usage["caller"]["total_tokens"] > 0 and run.cost_usd is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "the simulated caller's answer is not JSON"),
+        ('{"say": "hi"}', "the simulated caller's answer does not fit its schema"),
+        ('{"say": "hi", "done": "no"}', "the simulated caller's answer does not fit its schema"),
+    ],
+)
+def test_a_simulated_callers_bad_answer_is_refused(text, message):
+    from calls import simulated_caller
+    from calls.analysis_model import AnalysisFailed
+
+    with pytest.raises(AnalysisFailed, match=message):
+        simulated_caller.parse(text)
+    assert simulated_caller.parse('{"say": " Hi there. ", "done": false}') == ("Hi there.", False)

@@ -137,7 +137,11 @@ def test_values_match_as_documented(expected, actual, matches):
     ("data", "message"),
     [
         ([], "a test must be a JSON object"),
-        ({"caller_turns": []}, "caller_turns: give the caller at least one thing to say"),
+        ({"caller_turns": []}, "caller_turns or caller_goal: give the caller things to say"),
+        ({"caller_turns": ["hi"], "caller_goal": "Book"}, "caller_turns or caller_goal"),
+        ({"caller_goal": "Book", "max_turns": 0}, "max_turns must be a whole number from 1 to 20"),
+        ({"caller_goal": "Book", "max_turns": True}, "max_turns must be a whole number"),
+        ({"caller_goal": "Book", "standin": {"caller": [1]}}, "standin.caller must be a list of strings"),
         ({"caller_turns": "hello"}, "caller_turns must be a list of strings"),
         (
             {"caller_turns": ["hi"], "ending": "hung_up"},
@@ -180,6 +184,8 @@ def test_the_json_form_round_trips():
         standin={"replies": ["Booked."]},
     )
     assert spec_from_data(spec_to_data(spec)) == spec
+    goal = Spec((), caller_goal="Book a table for two.", caller_persona="In a hurry.", max_turns=4)
+    assert spec_from_data(spec_to_data(goal)) == goal
     # A tool may be named alone.
     assert spec_from_data({"caller_turns": ["hi"], "expect_tools": ["end_call"]}).expect_tools == (
         ExpectedTool("end_call", {}),
