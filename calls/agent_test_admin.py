@@ -16,35 +16,20 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from calls import agent_testing
-from calls.agent_tests import SpecError, spec_from_data
+from calls.agent_tests import SPEC_KEYS, SpecError, spec_from_data
 from calls.models import Agent, AgentTest, AgentTestRun, Call
-
-SPEC_FIELDS = [
-    "caller_turns",
-    "caller_goal",
-    "caller_persona",
-    "max_turns",
-    "expect_tools",
-    "forbid_tools",
-    "must_say",
-    "must_not_say",
-    "ending",
-    "rubric",
-    "tool_results",
-    "standin",
-]
 
 
 class AgentTestForm(forms.ModelForm[AgentTest]):
     class Meta:
         model = AgentTest
-        fields = ["agent", "name", *SPEC_FIELDS]
+        fields = ["agent", "name", *SPEC_KEYS]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if not self.errors:
             try:
-                spec_from_data({key: data.get(key) for key in SPEC_FIELDS if key in data})
+                spec_from_data({key: data.get(key) for key in SPEC_KEYS if key in data})
             except SpecError as exc:
                 raise forms.ValidationError(f"This test cannot run: {exc}") from exc
         return data

@@ -26,6 +26,7 @@ from django_tasks import task
 from calls import agent_test_runner, analysis, analysis_jobs, analysis_model, pricing, simulated_caller, tools
 from calls.agent_tests import (
     FILE_VERSION,
+    SPEC_KEYS,
     Line,
     Outcome,
     Spec,
@@ -50,22 +51,7 @@ TEST_CALLER = "+15550100000"  # the number a test's tools see as the caller's
 
 def spec_of(test: AgentTest) -> Spec:
     """The row as the pure ``Spec``; ``SpecError`` says what to fix."""
-    return spec_from_data(
-        {
-            "caller_turns": test.caller_turns,
-            "caller_goal": test.caller_goal,
-            "caller_persona": test.caller_persona,
-            "max_turns": test.max_turns,
-            "expect_tools": test.expect_tools,
-            "forbid_tools": test.forbid_tools,
-            "must_say": test.must_say,
-            "must_not_say": test.must_not_say,
-            "ending": test.ending,
-            "rubric": test.rubric,
-            "tool_results": test.tool_results,
-            "standin": test.standin,
-        }
-    )
+    return spec_from_data({key: getattr(test, key) for key in SPEC_KEYS})
 
 
 def _apply(test: AgentTest, spec: Spec) -> None:

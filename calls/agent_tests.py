@@ -22,22 +22,22 @@ ENDING_TOOLS = {"end_call": "agent_ended", "transfer_call": "transferred"}
 FILE_VERSION = 1
 
 MAX_CALLER_TURNS = 20
-_SPEC_KEYS = frozenset(
-    {
-        "caller_turns",
-        "caller_goal",
-        "caller_persona",
-        "max_turns",
-        "expect_tools",
-        "forbid_tools",
-        "must_say",
-        "must_not_say",
-        "ending",
-        "rubric",
-        "tool_results",
-        "standin",
-    }
+# A test's fields, as files and the ``AgentTest`` row name them.
+SPEC_KEYS = (
+    "caller_turns",
+    "caller_goal",
+    "caller_persona",
+    "max_turns",
+    "expect_tools",
+    "forbid_tools",
+    "must_say",
+    "must_not_say",
+    "ending",
+    "rubric",
+    "tool_results",
+    "standin",
 )
+_SPEC_KEYS = frozenset(SPEC_KEYS)
 
 
 class SpecError(ValueError):

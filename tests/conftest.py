@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -11,6 +15,7 @@ from twilio.request_validator import RequestValidator
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
+    from calls.fakes.openai_responses import FakeResponsesServer
     from tests.servers import BackgroundLoop
 
 # Fixtures through which a test reaches the database (directly, or through a server started
@@ -310,3 +315,57 @@ def local_web_server(start_server, settings, tmp_path, **overrides: str):
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
         **overrides,
     )
+
+
+# --- the task worker (tests/test_e2e_analysis.py, tests/test_e2e_agent_tests.py) ---
+
+WORKER_API_KEY = "sk-test-worker"
+
+
+@pytest.fixture
+def responses() -> Iterator[FakeResponsesServer]:
+    """The fake Responses API the task worker's account reaches."""
+    from calls.fakes.openai_responses import FakeResponsesServer
+
+    with FakeResponsesServer(api_key=WORKER_API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def start_worker(transactional_db, responses: FakeResponsesServer, tmp_path: Path):
+    """``start()`` runs one task worker as production does, on the test database."""
+    from django.db import connection
+
+    from tests.servers import ROOT, database_url
+
+    workers: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def start() -> tuple[subprocess.Popen[bytes], Path]:
+        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | {
+            "DATABASE_URL": database_url(connection.settings_dict),
+            "OPENAI_API_KEY": WORKER_API_KEY,
+            "OPENAI_BASE_URL": responses.base_url,
+            "DEBUG": "false",
+            "SECRET_KEY": "e2e-secret-key-not-for-production",
+            "LOG_LEVEL": "INFO",
+        }
+        log = tmp_path / f"worker-{len(workers)}.log"
+        command = [
+            sys.executable,
+            "manage.py",
+            "db_worker",
+            "--no-startup-delay",
+            "--no-reload",
+            "--interval",
+            "0.1",
+        ]
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        workers.append((process, log))
+        return process, log
+
+    yield start
+    for process, _ in workers:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=30)

@@ -9,6 +9,7 @@ import json
 import xml.etree.ElementTree as ET
 from io import StringIO
 from itertools import count
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -250,12 +251,14 @@ def test_the_command_exits_non_zero_on_failure_and_writes_junit(restaurant, tmp_
     assert code == 0 and "1 of 1 tests passed" in out
 
 
-def test_runs_give_a_flaky_test_its_score(restaurant):
-    restaurant.tools = [*restaurant.tools, "flaky_availability"]
-    restaurant.save()
-    make_test(
-        restaurant,
-        "flaky",
+def flaky_test(agent: Agent, name: str = "flaky") -> AgentTest:
+    """A test whose rubric passes on every other run: the fake judge (offline) passes a call
+    with a yes-word in it, and ``flaky_availability`` answers "confirmed" every other time."""
+    agent.tools = [*agent.tools, "flaky_availability"]
+    agent.save()
+    return make_test(
+        agent,
+        name,
         {
             "caller_turns": ["Is there a table tonight?"],
             "rubric": "The caller was told a table is free.",
@@ -268,6 +271,10 @@ def test_runs_give_a_flaky_test_its_score(restaurant):
             },
         },
     )
+
+
+def test_runs_give_a_flaky_test_its_score(restaurant):
+    flaky_test(restaurant)
     code, out = run_command("--test", "flaky", "--runs", "5")
     assert code == 1
     runs = list(AgentTestRun.objects.filter(test__name="flaky").order_by("pk"))
@@ -323,34 +330,38 @@ def test_a_bad_file_is_refused_whole(restaurant, tmp_path):
 # --- --real: the same runner against the configured Realtime and Responses endpoints -------
 
 
-def test_real_runs_use_the_configured_apis_and_cost_money(restaurant, settings, loop):
-    """The fakes stand in for the real services, reached the way the real ones are: the key,
-    OPENAI_REALTIME_URL and OPENAI_BASE_URL from the settings."""
-    from calls.fakes.openai_realtime import FakeRealtimeServer, Reply, Script
+@pytest.fixture
+def real_apis(settings, loop):
+    """Fakes standing in for the real services, reached the way the real ones are: the key,
+    OPENAI_REALTIME_URL and OPENAI_BASE_URL from the settings. Each test sets the Realtime
+    model's script (``real_apis.realtime.set_script``)."""
+    from calls.fakes.openai_realtime import FakeRealtimeServer
     from calls.fakes.openai_responses import FakeResponsesServer
 
-    realtime_fake = FakeRealtimeServer(
-        Script(replies=[Reply("Hello."), Reply("Sure, you are booked.")]), api_key="sk-real-run"
-    )
+    realtime_fake = FakeRealtimeServer(api_key="sk-real-run")
     loop.run(realtime_fake.start())
     try:
-        with FakeResponsesServer(api_key="sk-real-run") as judge:
+        with FakeResponsesServer(api_key="sk-real-run") as responses_fake:
             settings.OPENAI_API_KEY = "sk-real-run"
             settings.OPENAI_REALTIME_URL = realtime_fake.url
-            settings.OPENAI_BASE_URL = judge.base_url
-            test = make_test(
-                restaurant,
-                "real",
-                {
-                    "caller_turns": ["Book me in."],
-                    "rubric": "The caller was booked.",
-                    "standin": {"replies": ["X"]},
-                },
-            )
-            run = agent_testing.run_test(test, real=True)
-            [request] = judge.requests
+            settings.OPENAI_BASE_URL = responses_fake.base_url
+            yield SimpleNamespace(realtime=realtime_fake, responses=responses_fake)
     finally:
         loop.run(realtime_fake.stop())
+
+
+def test_real_runs_use_the_configured_apis_and_cost_money(restaurant, settings, real_apis):
+    from calls.fakes.openai_realtime import Reply, Script
+
+    real_apis.realtime.set_script(Script(replies=[Reply("Hello."), Reply("Sure, you are booked.")]))
+    test = make_test(
+        restaurant,
+        "real",
+        {"caller_turns": ["Book me in."], "rubric": "The caller was booked.", "standin": {"replies": ["X"]}},
+    )
+    run = agent_testing.run_test(test, real=True)
+    [request] = real_apis.responses.requests
+    realtime_fake = real_apis.realtime
     assert run.mode == "real" and run.passed, run.outcomes
     # The real model answered, not the test's offline replies.
     assert [line["text"] for line in run.transcript if line["speaker"] == "agent"] == [
@@ -411,33 +422,18 @@ def test_offline_a_simulated_caller_says_the_stand_ins_caller_lines(restaurant):
 GREETING_REPLY = "Trattoria Example, good evening! How can I help?"
 
 
-def test_real_a_simulated_caller_is_a_text_model_given_the_goal_and_persona(restaurant, settings, loop):
+def test_real_a_simulated_caller_is_a_text_model_given_the_goal_and_persona(restaurant, real_apis):
     from calls import simulated_caller
-    from calls.fakes.openai_realtime import FakeRealtimeServer, Reply, Script
-    from calls.fakes.openai_responses import FakeResponsesServer
+    from calls.fakes.openai_realtime import Reply, Script
 
-    realtime_fake = FakeRealtimeServer(
-        Script(replies=[Reply(GREETING_REPLY), Reply("Sure, you are booked.")]), api_key="sk-real-run"
+    real_apis.realtime.set_script(Script(replies=[Reply(GREETING_REPLY), Reply("Sure, you are booked.")]))
+    test = make_test(
+        restaurant,
+        "simulated",
+        {"caller_goal": "Book a table for two.", "caller_persona": "An impatient regular.", "max_turns": 6},
     )
-    loop.run(realtime_fake.start())
-    try:
-        with FakeResponsesServer(api_key="sk-real-run") as model:
-            settings.OPENAI_API_KEY = "sk-real-run"
-            settings.OPENAI_REALTIME_URL = realtime_fake.url
-            settings.OPENAI_BASE_URL = model.base_url
-            test = make_test(
-                restaurant,
-                "simulated",
-                {
-                    "caller_goal": "Book a table for two.",
-                    "caller_persona": "An impatient regular.",
-                    "max_turns": 6,
-                },
-            )
-            run = agent_testing.run_test(test, real=True)
-            requests = model.requests
-    finally:
-        loop.run(realtime_fake.stop())
+    run = agent_testing.run_test(test, real=True)
+    requests = real_apis.responses.requests
     assert run.error == "" and run.passed
     # The fake model (its rule: done once the call holds a yes-word) is done after "Sure...":
     # two caller turns, well short of max_turns.

@@ -312,7 +312,7 @@ def test_agent_tests_in_the_admin(web, loop, browser):
     pass rate over its runs. Screenshot: docs/agent-tests.png."""
     from calls import agent_testing
     from calls.example_tools import restaurant_agent
-    from tests.test_agent_testing import booking_call, make_test, spec
+    from tests.test_agent_testing import booking_call, flaky_test, make_test, spec
 
     restaurant = restaurant_agent()
     call = booking_call(restaurant)
@@ -322,23 +322,7 @@ def test_agent_tests_in_the_admin(web, loop, browser):
     reference = make_test(restaurant, "Gives the booking reference", spec(must_say=["reference"]))
     for _ in range(3):
         agent_testing.run_test(reference)
-    restaurant.tools = [*restaurant.tools, "flaky_availability"]  # tests/test_agent_testing.py's
-    restaurant.save()
-    flaky = make_test(
-        restaurant,
-        "Says a table is free",
-        {
-            "caller_turns": ["Is there a table tonight?"],
-            "rubric": "The caller was told a table is free.",
-            "standin": {
-                "replies": [
-                    "Hello.",
-                    {"function_call": {"name": "flaky_availability", "arguments": {}}},
-                    "Let me see.",
-                ]
-            },
-        },
-    )
+    flaky = flaky_test(restaurant, "Says a table is free")
     flaky_passes = sum(1 for _ in range(10) if agent_testing.run_test(flaky).passed)
     errors: list[str] = []
 

@@ -4,68 +4,15 @@ the worker is SIGKILLed in the middle of the model call."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
-from django.db import connection
 from django.utils import timezone
 
 from calls import analysis_jobs, services
 from calls.bridge.actions import CallSummary
-from calls.fakes.openai_responses import FakeResponsesServer
 from calls.models import Agent, AnalysisField, AnalysisPlan, AnalysisStatus, Call, CallAnalysis, Role, Turn
-from tests.servers import ROOT, database_url
 from tests.waiting import wait_until
-
-API_KEY = "sk-test-worker"
-
-
-@pytest.fixture
-def responses() -> Iterator[FakeResponsesServer]:
-    with FakeResponsesServer(api_key=API_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def start_worker(transactional_db, responses: FakeResponsesServer, tmp_path: Path):
-    """``start()`` runs one task worker as production does, on the test database."""
-    workers: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def start() -> tuple[subprocess.Popen[bytes], Path]:
-        env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | {
-            "DATABASE_URL": database_url(connection.settings_dict),
-            "OPENAI_API_KEY": API_KEY,
-            "OPENAI_BASE_URL": responses.base_url,
-            "DEBUG": "false",
-            "SECRET_KEY": "e2e-secret-key-not-for-production",
-            "LOG_LEVEL": "INFO",
-        }
-        log = tmp_path / f"worker-{len(workers)}.log"
-        command = [
-            sys.executable,
-            "manage.py",
-            "db_worker",
-            "--no-startup-delay",
-            "--no-reload",
-            "--interval",
-            "0.1",
-        ]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        workers.append((process, log))
-        return process, log
-
-    yield start
-    for process, _ in workers:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(timeout=30)
 
 
 def ended_call_with_plan() -> Call:
