@@ -152,13 +152,14 @@ class AgentTestAdmin(admin.ModelAdmin[AgentTest]):
 
 @admin.register(AgentTestRun)
 class AgentTestRunAdmin(admin.ModelAdmin[AgentTestRun]):
-    list_display = ["started_at", "test", "mode", "passed", "batch", "cost_usd"]
-    list_filter = ["passed", "mode", "test__agent"]
+    list_display = ["started_at", "test", "mode", "audio", "passed", "batch", "cost_usd"]
+    list_filter = ["passed", "mode", "audio", "test__agent"]
     search_fields = ["test__name", "batch", "judge_reason"]
     fields = readonly_fields = (
         "test",
         "batch",
         "mode",
+        "audio",
         "passed",
         "results",
         "conversation",

@@ -23,7 +23,16 @@ from django.db import transaction
 from django.utils import timezone
 from django_tasks import task
 
-from calls import agent_test_runner, analysis, analysis_jobs, analysis_model, pricing, simulated_caller, tools
+from calls import (
+    agent_test_runner,
+    analysis,
+    analysis_jobs,
+    analysis_model,
+    pricing,
+    simulated_caller,
+    simulation,
+    tools,
+)
 from calls.agent_tests import (
     FILE_VERSION,
     SPEC_KEYS,
@@ -31,13 +40,14 @@ from calls.agent_tests import (
     Outcome,
     Spec,
     SpecError,
-    StoredLine,
+    ToolUse,
     Transcript,
     check,
     spec_from_call,
     spec_from_data,
     spec_to_data,
     standin_caller,
+    standin_replies,
 )
 from calls.models import Agent, AgentTest, AgentTestRun, Call, RunMode, ToolCall, Turn, TurnKind
 from calls.services import agent_settings
@@ -63,17 +73,19 @@ def _apply(test: AgentTest, spec: Spec) -> None:
 # --- a test from a call ------------------------------------------------------------------
 
 
-def stored_lines(call: Call) -> list[StoredLine]:
-    """A stored call's turns and tool calls, merged in conversation order."""
-    lines: list[tuple[int, int, StoredLine]] = []
+def call_transcript(call: Call) -> Transcript:
+    """A stored call's turns and tool calls (with their results), in conversation order."""
+    entries: list[tuple[int, int, Line]] = []
     for turn in Turn.objects.filter(call=call):
         text = turn.text if turn.kind == TurnKind.SPEECH else f"(pressed {turn.text})"
-        line = StoredLine("caller", text) if turn.role == "caller" else StoredLine("agent", text)
-        lines.append((turn.position, 0, line))
+        line = Line("caller", text) if turn.role == "caller" else Line("agent", text)
+        entries.append((turn.position, 0, line))
     for row in ToolCall.objects.filter(call=call):
         arguments = row.arguments if isinstance(row.arguments, dict) else {}
-        lines.append((row.position, 1, StoredLine("tool", tool_name=row.name, arguments=arguments)))
-    return [line for _, _, line in sorted(lines, key=lambda entry: (entry[0], entry[1]))]
+        entries.append(
+            (row.position, 1, Line("tool", tool=ToolUse(row.name, arguments, row.result, row.error)))
+        )
+    return Transcript(tuple(line for _, _, line in sorted(entries, key=lambda entry: (entry[0], entry[1]))))
 
 
 class CannotMakeTest(ValueError):
@@ -84,7 +96,7 @@ def make_test_from_call(call: Call, *, name: str = "") -> AgentTest:
     """A test that expects what happened in ``call`` to happen again (``spec_from_call``)."""
     if call.agent is None:
         raise CannotMakeTest(f"call {call.call_sid} has no agent")
-    spec = spec_from_call(stored_lines(call), call.ended_reason)
+    spec = spec_from_call(call_transcript(call).lines, call.ended_reason)
     if not spec.caller_turns:
         raise CannotMakeTest(f"the caller said nothing in call {call.call_sid}")
     base = name or f"Call {call.call_sid[-8:]} of {timezone.localtime(call.created_at):%Y-%m-%d %H:%M}"
@@ -258,11 +270,32 @@ def _caller(spec: Spec, *, real: bool, usage: dict[str, Any]) -> agent_test_runn
     return next_turn
 
 
-def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTestRun:
+def _converse_in_audio(test: AgentTest, spec: Spec, *, real: bool) -> agent_test_runner.Conversation:
+    """The test as a phone call through our real server and bridge (``--audio``): the caller's
+    turns spoken, the model's answers heard; the conversation is the call as it was stored."""
+    if spec.caller_goal:
+        raise agent_test_runner.ConversationFailed(
+            "the audio mode speaks scripted caller turns; a simulated caller runs in text"
+        )
+    replies = None if real else standin_replies(spec, test.agent.instructions)
+    try:
+        call_sid = simulation.call_through_bridge(
+            to_number=test.agent.phone_number,
+            caller_turns=list(spec.caller_turns),
+            replies=replies,
+            write=lambda line: logger.debug("agent test %s: %s", test.pk, line),
+        )
+    except simulation.SimulationError as exc:
+        raise agent_test_runner.ConversationFailed(str(exc)) from exc
+    call = Call.objects.get(call_sid=call_sid)
+    return agent_test_runner.Conversation(call_transcript(call), dict(call.usage or {}), call.model)
+
+
+def run_test(test: AgentTest, *, real: bool = False, audio: bool = False, batch: str = "") -> AgentTestRun:
     """One run of one test, stored. A run that cannot be held (a bad test, the model refused)
     is stored with its error and counts as failed."""
     run = AgentTestRun.objects.create(
-        test=test, batch=batch or new_batch(), mode=RunMode.REAL if real else RunMode.OFFLINE
+        test=test, batch=batch or new_batch(), mode=RunMode.REAL if real else RunMode.OFFLINE, audio=audio
     )
     usage: dict[str, Any] = {}
     try:
@@ -271,8 +304,9 @@ def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTe
         runner = _tool_runner(test, run.pk)
         if real and not settings.OPENAI_API_KEY:
             raise agent_test_runner.ConversationFailed("OPENAI_API_KEY is not set: --real needs it")
-        caller = _caller(spec, real=real, usage=usage)
-        if real:
+        if audio:
+            conversation = _converse_in_audio(test, spec, real=real)
+        elif real:
             conversation = asyncio.run(
                 agent_test_runner.converse(
                     spec,
@@ -280,12 +314,14 @@ def run_test(test: AgentTest, *, real: bool = False, batch: str = "") -> AgentTe
                     url=settings.OPENAI_REALTIME_URL,
                     api_key=settings.OPENAI_API_KEY,
                     run_tool=runner,
-                    caller=caller,
+                    caller=_caller(spec, real=real, usage=usage),
                 )
             )
         else:
             conversation = asyncio.run(
-                agent_test_runner.converse_offline(spec, agent, run_tool=runner, caller=caller)
+                agent_test_runner.converse_offline(
+                    spec, agent, run_tool=runner, caller=_caller(spec, real=real, usage=usage)
+                )
             )
     except (SpecError, agent_test_runner.ConversationFailed, analysis_model.AnalysisFailed) as exc:
         run.passed, run.error, run.finished_at, run.usage = False, str(exc), timezone.now(), usage
@@ -363,6 +399,7 @@ def run_tests(
     tests: Iterable[AgentTest],
     *,
     real: bool = False,
+    audio: bool = False,
     runs: int = 1,
     batch: str = "",
     progress: Callable[[AgentTest, AgentTestRun], None] | None = None,
@@ -372,7 +409,7 @@ def run_tests(
     for test in tests:
         report = Report(test, [])
         for _ in range(runs):
-            run = run_test(test, real=real, batch=batch)
+            run = run_test(test, real=real, audio=audio, batch=batch)
             report.runs.append(run)
             if progress is not None:
                 progress(test, run)

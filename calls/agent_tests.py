@@ -391,23 +391,14 @@ def spec_to_data(spec: Spec) -> dict[str, Any]:
 # --- a test from a stored call -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoredLine:
-    """A stored call's turn or tool call, in conversation order (``Turn``/``ToolCall`` rows)."""
-
-    speaker: Literal["caller", "agent", "tool"]
-    text: str = ""
-    tool_name: str = ""
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-
-
 ENDED_AS: dict[str, Ending] = {"agent_ended": "agent_ended", "transferred": "transferred"}
 
 
-def spec_from_call(lines: Iterable[StoredLine], ended_reason: str) -> Spec:
-    """What happened in the call, as a test that expects it to happen again: the caller's
-    turns, every tool call with the arguments it had, how the call ended; the stand-in's
-    replies are the agent's, so the test passes offline against an unchanged agent."""
+def spec_from_call(lines: Iterable[Line], ended_reason: str) -> Spec:
+    """What happened in a stored call (its turns and tool calls in conversation order), as a
+    test that expects it to happen again: the caller's turns, every tool call with the
+    arguments it had, how the call ended; the stand-in's replies are the agent's, so the test
+    passes offline against an unchanged agent."""
     caller: list[str] = []
     expected: list[ExpectedTool] = []
     replies: list[dict[str, Any]] = []
@@ -420,10 +411,11 @@ def spec_from_call(lines: Iterable[StoredLine], ended_reason: str) -> Spec:
         elif line.speaker == "agent":
             open_reply = {"transcript": line.text.strip()}
             replies.append(open_reply)
-        elif line.tool_name:
-            call = {"name": line.tool_name, "arguments": dict(line.arguments)}
-            if line.tool_name not in ENDING_TOOLS:
-                expected.append(ExpectedTool(line.tool_name, dict(line.arguments)))
+        elif line.tool is not None:
+            use = line.tool
+            call = {"name": use.name, "arguments": dict(use.arguments)}
+            if use.name not in ENDING_TOOLS:
+                expected.append(ExpectedTool(use.name, dict(use.arguments)))
             if open_reply is not None and "function_call" not in open_reply:
                 open_reply["function_call"] = call
             else:

@@ -558,6 +558,7 @@ class AgentTestRun(models.Model):
     test = models.ForeignKey(AgentTest, on_delete=models.CASCADE, related_name="runs")
     batch = models.CharField(max_length=32, help_text="The runs started together (one command, one button).")
     mode = models.CharField(max_length=8, choices=RunMode.choices, default=RunMode.OFFLINE)
+    audio = models.BooleanField(default=False, help_text="A phone call through the real bridge, spoken.")
     passed = models.BooleanField(null=True, help_text="Empty: not finished, or the run itself failed.")
     outcomes = models.JSONField(default=list, blank=True)
     transcript = models.JSONField(default=list, blank=True)

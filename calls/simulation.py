@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ class SimulationOptions:
     to_number: str = "+15552223333"
     say: bytes | None = None  # what the caller says, 8 kHz mu-law
     say_label: str = ""
+    # Several turns instead (agent tests' audio mode): each said once the agent has answered
+    # the one before; (audio, label).
+    utterances: list[tuple[bytes, str]] = field(default_factory=list)
     silence: float = 3.0  # seconds the caller stays silent instead, without `say`
     duration: float = 30.0  # the longest the call may last, from the stream's start
     hang_up_after_agent: bool = False
@@ -175,13 +179,18 @@ async def _converse(
         # 1. A greeting, if the agent has one.
         if await listener.changed.wait_until(lambda: bool(listener.current or listener.turns), GREETING_WAIT):
             await listener.changed.wait_until(lambda: listener.current is None)
-        # 2. The caller's turn.
+        # 2. The caller's turn (or turns, each once the agent has answered the one before).
         began = time.monotonic()
-        if options.say is not None:
-            write(f"{stamp(caller)} caller: speaking {len(options.say) / 8000:.2f} s ({options.say_label})")
-            await line.say(options.say)
+        spoken = options.utterances or ([(options.say, options.say_label)] if options.say is not None else [])
+        for n, (audio, label) in enumerate(spoken):
+            if n:
+                await listener.changed.wait_until(partial(listener.finished_since, began))
+                await listener.changed.wait_until(lambda: listener.current is None)
+                began = time.monotonic()
+            write(f"{stamp(caller)} caller: speaking {len(audio) / 8000:.2f} s ({label})")
+            await line.say(audio)
             write(f"{stamp(caller)} caller: done speaking, listening")
-        else:
+        if not spoken:
             write(f"{stamp(caller)} caller: silent for {options.silence:.1f} s")
             await asyncio.sleep(options.silence)  # the caller's silence lasts this long
         # 3. The answer; then hang up, or stay on the line until the agent or the time limit ends it.
@@ -387,18 +396,30 @@ def _start(name: str, command: list[str], env: dict[str, str], port: int, logs: 
 
 
 @contextlib.contextmanager
-def _services(env: dict[str, str], speech: standin.Speech, write: Write) -> Iterator[tuple[str, str]]:
-    """The stand-in and our server, on free local ports; yields (server URL, stand-in URL)."""
+def _services(
+    env: dict[str, str],
+    speech: standin.Speech,
+    write: Write,
+    *,
+    script: Path | None = None,
+    model: bool = True,
+) -> Iterator[tuple[str, str]]:
+    """The stand-in (with ``script``, or its built-in one; none with ``model=False``: the
+    server reaches env's OPENAI_REALTIME_URL) and our server, on free local ports; yields
+    (server URL, the model's URL)."""
     standin_port, server_port = free_port(), free_port()
     started: list[_Service] = []
     with tempfile.TemporaryDirectory(prefix="voiceagent-demo-") as logs:
         try:
             manage = str(Path(settings.BASE_DIR) / "manage.py")
-            model = [sys.executable, manage, "realtime_standin", "--port", str(standin_port),
-                     "--api-key", env["OPENAI_API_KEY"], "--speech", speech]  # fmt: skip
-            started.append(_start("realtime_standin", model, env, standin_port, Path(logs)))
-            standin_url = f"ws://127.0.0.1:{standin_port}/v1/realtime"
-            write(f"OpenAI Realtime stand-in: {standin_url}")
+            standin_url = env.get("OPENAI_REALTIME_URL", "")
+            if model:
+                command = [sys.executable, manage, "realtime_standin", "--port", str(standin_port),
+                           "--api-key", env["OPENAI_API_KEY"], "--speech", speech]  # fmt: skip
+                command += ["--script", str(script)] if script is not None else []
+                started.append(_start("realtime_standin", command, env, standin_port, Path(logs)))
+                standin_url = f"ws://127.0.0.1:{standin_port}/v1/realtime"
+                write(f"OpenAI Realtime stand-in: {standin_url}")
             server_url = f"http://127.0.0.1:{server_port}"
             env = env | {"OPENAI_REALTIME_URL": standin_url, "PUBLIC_BASE_URL": server_url}
             server = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(server_port),
@@ -422,13 +443,10 @@ def demo_audio(speech: standin.Speech) -> tuple[bytes, str]:
     return mulaw_tone(1500, freq=300, amplitude=9000), "a 1.5 s tone standing in for speech"
 
 
-def run_demo(write: Write, *, speech: standin.Speech = "auto", verbosity: int = 1) -> DemoResult:
-    """Migrate, start the stand-in and the server, place one simulated call, stop them."""
-    began = time.monotonic()
-    call_command("migrate", interactive=False, verbosity=0)
-    write("Database migrated.")
-    auth_token = secrets.token_hex(16)  # this demo's own: the server and the caller share it
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | {
+def local_server_env(auth_token: str) -> dict[str, str]:
+    """Our server on this machine's database, for one simulated caller that shares its token;
+    the model is the stand-in (OPENAI_REALTIME_URL is set when the services start)."""
+    return {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"} | {
         "DATABASE_URL": database_url(connection.settings_dict),
         "OPENAI_API_KEY": standin.LOCAL_API_KEY,
         "TWILIO_AUTH_TOKEN": auth_token,
@@ -437,6 +455,64 @@ def run_demo(write: Write, *, speech: standin.Speech = "auto", verbosity: int = 
         "TWILIO_API_BASE_URL": "http://127.0.0.1:9",
         "REDIS_URL": "",
     }
+
+
+def call_through_bridge(
+    *,
+    to_number: str,
+    caller_turns: list[str],
+    replies: list[Any] | None,
+    write: Write,
+    duration: float = 120.0,
+) -> str:
+    """One phone call through our real server and bridge, the simulated caller speaking each
+    turn (espeak-ng) once the agent has answered the one before, then hanging up; the model
+    is the stand-in answering ``replies`` (and reporting ``caller_turns`` as the caller's
+    transcripts), or, with ``replies=None``, the configured Realtime API. Returns the Call
+    SID once the call's row is closed (agent tests' audio mode)."""
+    if not standin.espeak_available():
+        raise SimulationError(
+            "the audio mode speaks the caller's turns with espeak-ng: apt-get install espeak-ng"
+        )
+    auth_token = secrets.token_hex(16)
+    env = local_server_env(auth_token)
+    if replies is None:
+        env |= {
+            "OPENAI_API_KEY": settings.OPENAI_API_KEY,
+            "OPENAI_REALTIME_URL": settings.OPENAI_REALTIME_URL,
+        }
+    utterances = [(standin.text_to_speech(turn), turn) for turn in caller_turns]
+    with tempfile.TemporaryDirectory(prefix="voiceagent-audio-test-") as folder:
+        script = Path(folder) / "script.json"
+        script.write_text(json.dumps({"replies": replies or [], "caller_transcripts": caller_turns}))
+        with _services(env, "espeak", write, script=script, model=replies is not None) as (server_url, _):
+            options = SimulationOptions(
+                server=server_url,
+                public_base_url=server_url,
+                auth_token=auth_token,
+                to_number=to_number or "+15552223333",
+                utterances=utterances,
+                duration=duration,
+                hang_up_after_agent=True,
+                verbosity=0,
+            )
+            result = asyncio.run(simulate(options, write))
+            # The server closes the call's row in its own process once the stream has ended.
+            deadline = time.monotonic() + 15
+            while not Call.objects.filter(call_sid=result.call_sid, ended_at__isnull=False).exists():
+                if time.monotonic() > deadline:
+                    raise SimulationError(f"the server did not close call {result.call_sid}")
+                time.sleep(0.1)
+    return result.call_sid
+
+
+def run_demo(write: Write, *, speech: standin.Speech = "auto", verbosity: int = 1) -> DemoResult:
+    """Migrate, start the stand-in and the server, place one simulated call, stop them."""
+    began = time.monotonic()
+    call_command("migrate", interactive=False, verbosity=0)
+    write("Database migrated.")
+    auth_token = secrets.token_hex(16)  # this demo's own: the server and the caller share it
+    env = local_server_env(auth_token)
     say, label = demo_audio(speech)
     with _services(env, speech, write) as (server_url, _):
         options = SimulationOptions(

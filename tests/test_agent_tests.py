@@ -11,7 +11,6 @@ from calls.agent_tests import (
     Line,
     Spec,
     SpecError,
-    StoredLine,
     ToolUse,
     Transcript,
     check,
@@ -194,15 +193,15 @@ def test_the_json_form_round_trips():
 
 def test_a_call_becomes_a_test_that_expects_it_again():
     lines = [
-        StoredLine("agent", "Trattoria, good evening!"),
-        StoredLine("caller", "A table for two tomorrow at eight, Rossi."),
-        StoredLine("agent", "Let me book that."),
-        StoredLine("tool", tool_name="book_table", arguments=BOOKING),
-        StoredLine("agent", "Booked, reference R-1."),
-        StoredLine("caller", "  "),  # a turn nobody transcribed is not a caller line
-        StoredLine("caller", "Thanks, bye."),
-        StoredLine("tool", tool_name="end_call"),
-        StoredLine("agent", "Goodbye!"),
+        Line("agent", "Trattoria, good evening!"),
+        Line("caller", "A table for two tomorrow at eight, Rossi."),
+        Line("agent", "Let me book that."),
+        Line("tool", tool=ToolUse("book_table", BOOKING, {"booked": True})),
+        Line("agent", "Booked, reference R-1."),
+        Line("caller", "  "),  # a turn nobody transcribed is not a caller line
+        Line("caller", "Thanks, bye."),
+        Line("tool", tool=ToolUse("end_call", {})),
+        Line("agent", "Goodbye!"),
     ]
     spec = spec_from_call(lines, "agent_ended")
     assert spec.caller_turns == ("A table for two tomorrow at eight, Rossi.", "Thanks, bye.")

@@ -67,6 +67,11 @@ class Command(BaseCommand):
         parser.add_argument("--agent", help="Only this agent's tests (its name).")
         parser.add_argument("--test", action="append", help="Only the test(s) with this name.")
         parser.add_argument("--real", action="store_true", help="Against the Realtime API (OPENAI_API_KEY).")
+        parser.add_argument(
+            "--audio",
+            action="store_true",
+            help="As phone calls through the real server and bridge, the caller's turns spoken (espeak-ng).",
+        )
         parser.add_argument("--runs", type=int, default=1, help="Runs per test; the score shows flaky tests.")
         parser.add_argument("--junit-xml", metavar="FILE", help="Also write the results as JUnit XML.")
         parser.add_argument(
@@ -103,7 +108,11 @@ class Command(BaseCommand):
             raise CommandError("No test matches. Make one from a call in the admin, or --import a file.")
         started = time.monotonic()
         reports = agent_testing.run_tests(
-            selected, real=options["real"], runs=options["runs"], progress=self._progress
+            selected,
+            real=options["real"],
+            audio=options["audio"],
+            runs=options["runs"],
+            progress=self._progress,
         )
         if sys.stdout.isatty():
             self.stdout.write("")
@@ -113,7 +122,7 @@ class Command(BaseCommand):
             for failure in report.failures():
                 self.stdout.write(f"     {failure}")
         passed = sum(1 for report in reports if report.passed)
-        mode = "Realtime API" if options["real"] else "offline"
+        mode = ("Realtime API" if options["real"] else "offline") + (", audio" if options["audio"] else "")
         self.stdout.write(f"{passed} of {len(reports)} tests passed ({mode}, {options['runs']} run(s) each).")
         if options["junit_xml"]:
             Path(options["junit_xml"]).write_bytes(junit_xml(reports, time.monotonic() - started))
