@@ -125,3 +125,17 @@ def test_the_agent_page_shows_pass_rates_and_queues_the_tests(
     assert AgentTestRun.objects.filter(batch=batch).count() == 3
     page = staff_client.get(url).content.decode()
     assert "4/4" in page and "0/2" in page and "1/1" in page
+
+
+def test_the_action_runs_the_selected_tests_now(staff_client, restaurant):
+    hours = make_test(restaurant, "hours", spec(must_say=["noon"]))
+    reference = make_test(restaurant, "reference", spec(must_say=["reference"]))
+    response = staff_client.post(
+        reverse("admin:calls_agenttest_changelist"),
+        {"action": "run_offline", "_selected_action": [str(hours.pk), str(reference.pk)]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert "1 of 2 tests passed. Failed: reference." in page
+    assert [run.passed for run in AgentTestRun.objects.order_by("test__name")] == [True, False]
+    assert "1/1" in page and "0/1" in page  # the list's pass rates
