@@ -277,6 +277,31 @@ def test_fallbacks_when_the_input_says_nothing(client: OpenAI) -> None:
     assert booking["confirmed"] is False
 
 
+def test_a_yes_no_is_yes_only_where_the_call_mentions_it_a_verdict_anywhere(client: OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "success": {"type": "boolean"},
+            "callback_requested": {"type": ["boolean", "null"]},
+            "newsletter": {"type": "boolean"},
+        },
+        "required": ["success", "callback_requested", "newsletter"],
+        "additionalProperties": False,
+    }
+    said = "Sure, we open at nine."
+    assert create_booking(client, said, schema) == {
+        "success": True,
+        "callback_requested": None,
+        "newsletter": False,
+    }
+    said = "Please call me back. Callback requested: yes."
+    assert create_booking(client, said, schema) == {
+        "success": True,
+        "callback_requested": True,
+        "newsletter": False,
+    }
+
+
 def test_the_same_input_gives_the_same_output(client: OpenAI) -> None:
     assert create_booking(client) == create_booking(client)
 

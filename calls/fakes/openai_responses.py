@@ -390,10 +390,26 @@ def _plain(text: str) -> str:
     return _PHONE.sub(lambda match: " " if len(re.sub(r"\D", "", match[0])) >= 7 else match[0], text)
 
 
+_SPEAKER = re.compile(r"^\s*(caller|agent|tool|you)(?: \[[^\]]*\])?:\s*", re.I)
+
+
+def _spoken(text: str) -> str:
+    """What was said in a transcript of ``speaker: words`` lines: the words, without the
+    speakers and without the tool lines; other text as it is."""
+    lines = []
+    for line in text.splitlines():
+        label = _SPEAKER.match(line)
+        if label is None:
+            lines.append(line)
+        elif label[1].lower() != "tool":
+            lines.append(line[label.end() :])
+    return "\n".join(lines)
+
+
 def _summary(text: str, limit: int = 30) -> str:
-    """The first sentences, at most ``limit`` words."""
+    """The first sentences said, at most ``limit`` words."""
     words: list[str] = []
-    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(_spoken(text).split())):
         if words and len(words) + len(sentence.split()) > limit:
             break
         words += sentence.split()
@@ -427,12 +443,34 @@ def _derive_string(schema: JsonObject, text: str, name: str) -> tuple[str, bool]
         return (phone, True) if phone else ("", False)
     if "summar" in name.lower():
         return _summary(text), bool(text.strip())
+    if "reason" in name.lower():
+        # The fake's verdicts are a rule (booleans: a yes-word in the input); it says so.
+        found = "an affirmation" if _YES.search(text) else "no affirmation"
+        reason = f"The offline stand-in found {found} in the call (it matches words; it does not understand)."
+        return reason, True
     named = _named(text, name, r"\s*(?:is|was|are|:|=)\s*([^.,;!?\n]+)")
     if named:
         return " ".join(named[1].split()[:8]), True
     if isinstance(schema.get("description"), str) and schema["description"]:
         return schema["description"], False
     return " ".join(text.split()[:8]), False
+
+
+# Booleans that judge the whole call (a verdict, a simulated caller's "done"): any yes-word.
+_VERDICTS = frozenset({"success", "successful", "succeeded", "passed", "pass", "done", "ok", "resolved"})
+
+
+def _derive_boolean(text: str, name: str) -> tuple[bool, bool]:
+    """A verdict is a yes-word anywhere; any other yes/no (``callback_requested``) is one only
+    where the call mentions it: otherwise false, and not found (null when nullable)."""
+    words = _words(name)
+    if (
+        words
+        and words[-1].lower() not in _VERDICTS
+        and not any(_mentions(text, w) for w in words if len(w) > 3)
+    ):
+        return False, False
+    return (True, True) if _YES.search(text) else (False, _NO.search(text) is not None)
 
 
 def _fit_pattern(value: str, pattern: str, text: str) -> str:
@@ -517,7 +555,7 @@ def _derive(schema: JsonObject, root: JsonObject, text: str, name: str, depth: i
         item = _derive(schema.get("items") or {}, root, text, name, depth + 1)[0] if count else None
         value, found = [item] * count, True
     elif kind == "boolean":
-        value, found = (True, True) if _YES.search(text) else (False, _NO.search(text) is not None)
+        value, found = _derive_boolean(text, name)
     elif kind in ("integer", "number"):
         value, found = _derive_number(schema, text, name, kind == "integer")
     else:

@@ -45,7 +45,7 @@ LOCAL_API_KEY = "sk-standin-local"  # not a secret: the stand-in only listens on
 BUILTIN_SCRIPT: dict[str, Any] = {
     "replies": [
         "Hello! Thanks for calling. How can I help you today?",
-        "We are open every day from nine in the morning until ten at night. "
+        "Sure! We are open every day from nine in the morning until ten at night. "
         "Is there anything else I can help you with?",
         "You're welcome. Thanks for calling, and have a great day. Goodbye!",
     ],
