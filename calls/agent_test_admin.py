@@ -4,7 +4,6 @@ agent's page with the button that queues a run."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -16,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from calls import agent_testing
-from calls.agent_tests import SPEC_KEYS, SpecError, spec_from_data
+from calls.agent_tests import SPEC_KEYS, SpecError, line_from_data, line_text, spec_from_data
 from calls.models import Agent, AgentTest, AgentTestRun, Call
 
 
@@ -56,16 +55,12 @@ def outcome_table(run: AgentTestRun) -> SafeString:
 
 
 def transcript_block(run: AgentTestRun) -> SafeString:
-    lines = []
-    for line in run.transcript:
-        if line.get("speaker") == "tool":
-            result = f"error: {line['error']}" if line.get("error") else json.dumps(line.get("output"))
-            lines.append(("tool", f"{line['name']}({json.dumps(line.get('arguments'))}) → {result}"))
-        else:
-            lines.append((str(line.get("speaker")), str(line.get("text"))))
+    lines = [line_from_data(data) for data in run.transcript]
     return format_html(
         '<div class="va-test-transcript">{}</div>',
-        format_html_join("", "<p><strong>{}</strong>: {}</p>", lines),
+        format_html_join(
+            "", "<p><strong>{}</strong>: {}</p>", ((line.speaker, line_text(line)) for line in lines)
+        ),
     )
 
 

@@ -317,21 +317,6 @@ def scripted_caller(lines: list[str]) -> NextTurn:
     return next_turn
 
 
-def line_text(line: Line) -> str:
-    """A line without its speaker: what was said, or the tool call and its result."""
-    if line.tool is None:
-        return line.text
-    use = line.tool
-    result = f"error: {use.error}" if use.error else json.dumps(use.output, default=str)
-    fixed = " (fixed)" if use.fixed else ""
-    return f"{use.name}({json.dumps(dict(use.arguments))}) -> {result}{fixed}"
-
-
-def describe(transcript: Transcript) -> str:
-    """The conversation as text, for a failure message and the stored run."""
-    return "\n".join(f"{line.speaker}: {line_text(line)}" for line in transcript.lines)
-
-
 __all__ = [
     "ENDING_TOOLS",
     "Conversation",
@@ -339,7 +324,5 @@ __all__ = [
     "NextTurn",
     "converse",
     "converse_offline",
-    "describe",
-    "line_text",
     "scripted_caller",
 ]

@@ -43,6 +43,7 @@ from calls.agent_tests import (
     ToolUse,
     Transcript,
     check,
+    line_text,
     spec_from_call,
     spec_from_data,
     spec_to_data,
@@ -198,22 +199,14 @@ def import_tests(document: Any) -> tuple[int, int, list[str]]:
 
 def judge_client(real: bool) -> Any:
     """The analysis model's client; offline, the fake Responses API of this process."""
-    if real:
-        if not settings.OPENAI_API_KEY:
-            raise analysis_model.AnalysisFailed("OPENAI_API_KEY is not set")
-        return analysis_model.client(
-            api_key=settings.OPENAI_API_KEY,
-            base_url=settings.OPENAI_BASE_URL,
-            timeout=settings.ANALYSIS_TIMEOUT_SECONDS,
-        )
-    return analysis_model.client(api_key="stand-in", base_url=analysis_jobs.standin_base_url(), timeout=10.0)
+    return analysis_jobs.account_client() if real else analysis_jobs.standin_client()
 
 
 def judge(rubric: str, transcript: Transcript, *, real: bool) -> tuple[Outcome, dict[str, Any], str]:
     """The rubric as a pass/fail with a reason, by the analysis model (post-call analysis's
     success verdict, with the rubric as its criteria). Returns the outcome, usage, model."""
     plan = analysis.Plan(summary=False, success_criteria=rubric)
-    turns = [analysis.Turn(line.speaker, agent_test_runner.line_text(line)) for line in transcript.lines]
+    turns = [analysis.Turn(line.speaker, line_text(line)) for line in transcript.lines]
     try:
         answer = analysis_model.analyse(plan, turns, model=settings.ANALYSIS_MODEL, client=judge_client(real))
     except analysis_model.AnalysisFailed as exc:
@@ -222,16 +215,15 @@ def judge(rubric: str, transcript: Transcript, *, real: bool) -> tuple[Outcome, 
     return Outcome("rubric", rubric, verdict, answer.analysis.reason), answer.usage, answer.model
 
 
-def _tool_runner(test: AgentTest, run_id: int) -> agent_test_runner.RunTool:
+def tool_runner(agent: Agent, call_sid: str, **options: Any) -> agent_test_runner.RunTool:
+    """The agent's tools as a test's conversation runs them (``tools.run_tool``; ``options``
+    go to it), seeing a call from ``TEST_CALLER``."""
     context = tools.ToolContext(
-        call_sid=f"agent-test-{run_id}",
-        from_number=TEST_CALLER,
-        to_number=test.agent.phone_number,
-        agent_name=test.agent.name,
+        call_sid=call_sid, from_number=TEST_CALLER, to_number=agent.phone_number, agent_name=agent.name
     )
 
     async def run(name: str, arguments: str) -> tuple[Any, str]:
-        outcome = await tools.run_tool(name, arguments, context)
+        outcome = await tools.run_tool(name, arguments, context, **options)
         return outcome.output, outcome.error
 
     return run
@@ -301,7 +293,7 @@ def run_test(test: AgentTest, *, real: bool = False, audio: bool = False, batch:
     try:
         spec = spec_of(test)
         agent = agent_settings(test.agent)
-        runner = _tool_runner(test, run.pk)
+        runner = tool_runner(test.agent, f"agent-test-{run.pk}")
         if real and not settings.OPENAI_API_KEY:
             raise agent_test_runner.ConversationFailed("OPENAI_API_KEY is not set: --real needs it")
         if audio:

@@ -129,6 +129,36 @@ class Transcript:
         return "open"
 
 
+def line_from_data(data: Mapping[str, Any]) -> Line:
+    """A line as ``Line.as_data`` stored it (``AgentTestRun.transcript``)."""
+    if data.get("speaker") == "tool":
+        arguments = data.get("arguments")
+        use = ToolUse(
+            name=str(data.get("name", "")),
+            arguments=arguments if isinstance(arguments, dict) else {},
+            output=data.get("output"),
+            error=str(data.get("error") or ""),
+            fixed=bool(data.get("fixed")),
+        )
+        return Line("tool", tool=use)
+    return Line("caller" if data.get("speaker") == "caller" else "agent", str(data.get("text", "")))
+
+
+def line_text(line: Line) -> str:
+    """A line without its speaker: what was said, or the tool call and its result."""
+    if line.tool is None:
+        return line.text
+    use = line.tool
+    result = f"error: {use.error}" if use.error else json.dumps(use.output, default=str)
+    fixed = " (fixed)" if use.fixed else ""
+    return f"{use.name}({json.dumps(dict(use.arguments))}) -> {result}{fixed}"
+
+
+def describe(lines: Iterable[Line]) -> str:
+    """The conversation as text: a failure message, a JUnit file, the judge's input."""
+    return "\n".join(f"{line.speaker}: {line_text(line)}" for line in lines)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One expectation, checked."""

@@ -335,13 +335,25 @@ def default_client() -> openai.OpenAI:
     stand-in's rule, ``OPENAI_STANDIN``), the bundled fake Responses API, started once per
     process, so a newcomer's calls are analysed offline."""
     if settings.OPENAI_API_KEY:
-        return analysis_model.client(
-            api_key=settings.OPENAI_API_KEY,
-            base_url=settings.OPENAI_BASE_URL,
-            timeout=settings.ANALYSIS_TIMEOUT_SECONDS,
-        )
+        return account_client()
     if not settings.OPENAI_STANDIN:
         raise analysis_model.AnalysisFailed("OPENAI_API_KEY is not set")
+    return standin_client()
+
+
+def account_client() -> openai.OpenAI:
+    """The configured account: its key, ``OPENAI_BASE_URL``, the analysis timeout."""
+    if not settings.OPENAI_API_KEY:
+        raise analysis_model.AnalysisFailed("OPENAI_API_KEY is not set")
+    return analysis_model.client(
+        api_key=settings.OPENAI_API_KEY,
+        base_url=settings.OPENAI_BASE_URL,
+        timeout=settings.ANALYSIS_TIMEOUT_SECONDS,
+    )
+
+
+def standin_client() -> openai.OpenAI:
+    """The bundled fake Responses API of this process."""
     return analysis_model.client(api_key="stand-in", base_url=standin_base_url(), timeout=10.0)
 
 

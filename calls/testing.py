@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import queue
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -30,9 +29,9 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 
-from calls import agent_testing, tools
-from calls.agent_test_runner import STANDIN_KEY, LiveConversation, describe, standin
-from calls.agent_tests import ExpectedTool, Spec, ToolUse, Transcript, check, says, value_matches
+from calls import agent_testing
+from calls.agent_test_runner import STANDIN_KEY, LiveConversation, standin
+from calls.agent_tests import ExpectedTool, Spec, ToolUse, Transcript, check, describe, says, value_matches
 from calls.models import Agent
 from calls.services import agent_settings
 
@@ -94,12 +93,12 @@ class AgentConversation:
     def assert_judged(self, rubric: str) -> None:
         passed, reason = self.judge(rubric)
         if not passed:
-            raise AssertionError(f"the judge failed {rubric!r}: {reason}\n{describe(self.transcript)}")
+            raise AssertionError(f"the judge failed {rubric!r}: {reason}\n{describe(self.transcript.lines)}")
 
     def _expect(self, spec: Spec) -> None:
         for outcome in check(spec, self.transcript):
             if not outcome.passed:
-                raise AssertionError(f"{outcome.message}\n{describe(self.transcript)}")
+                raise AssertionError(f"{outcome.message}\n{describe(self.transcript.lines)}")
 
 
 class _LoopThread:
@@ -149,28 +148,6 @@ def _settle(reply: asyncio.Future[Any], value: Any, error: BaseException | None)
         reply.set_result(value)
 
 
-def _in_the_tests_thread(context: tools.ToolContext, loop: _LoopThread) -> Any:
-    async def run(name: str, arguments: str) -> tuple[Any, str]:
-        found = tools.registered().get(name)
-        if found is None or found.function is None:
-            return None, f"unknown tool {name!r}"
-        try:
-            kwargs = tools.bind_arguments(found, arguments, context)
-        except ValueError as exc:
-            return None, f"invalid arguments: {exc}"
-        function = found.function
-        try:
-            if inspect.iscoroutinefunction(function):
-                result = await function(**kwargs)
-            else:
-                result = await loop.in_caller_thread(lambda: function(**kwargs))
-        except Exception as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:500]
-        return (result if isinstance(result, dict) else {"result": result}), ""
-
-    return run
-
-
 @contextlib.contextmanager
 def agent_conversation(
     agent: Agent | str,
@@ -189,14 +166,10 @@ def agent_conversation(
         caller_turns=("-",), tool_results=dict(tool_results or {}), standin={"replies": replies or []}
     )
     config = agent_settings(agent)
-    context = tools.ToolContext(
-        call_sid="agent-test",
-        from_number=agent_testing.TEST_CALLER,
-        to_number=agent.phone_number,
-        agent_name=agent.name,
-    )
     loop = _LoopThread()
-    live = LiveConversation(spec, config, run_tool=_in_the_tests_thread(context, loop))
+    # Tools run in the test's own thread (its connection and transaction), not a worker's.
+    run_tool = agent_testing.tool_runner(agent, "agent-test", run_sync=loop.in_caller_thread)
+    live = LiveConversation(spec, config, run_tool=run_tool)
     try:
         with contextlib.ExitStack() as stack:
             if real:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import enum
+import functools
 import importlib
 import inspect
 import json
@@ -35,7 +36,7 @@ import re
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints, overload
@@ -374,9 +375,21 @@ def bind_arguments(found: Tool, arguments: str, context: ToolContext) -> dict[st
     return kwargs
 
 
-async def run_tool(name: str, arguments: str, context: ToolContext) -> ToolOutcome:
+SyncRunner = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+
+async def _in_db_thread(call: Callable[[], Any]) -> Any:
+    # A tool may use the database: the same connection care as our own services.
+    return await in_db_thread(call)()
+
+
+async def run_tool(
+    name: str, arguments: str, context: ToolContext, *, run_sync: SyncRunner = _in_db_thread
+) -> ToolOutcome:
     """Run a registered tool off the audio loop, with its timeout. Never raises: bad
-    arguments, exceptions and timeouts become a structured error for the model."""
+    arguments, exceptions and timeouts become a structured error for the model.
+    ``run_sync`` runs a plain (not async) tool: by default in a worker thread on a sound
+    database connection; the pytest helper runs it in the test's own thread instead."""
     started = time.monotonic()
 
     def outcome(output: Any = None, error: str = "") -> ToolOutcome:
@@ -394,8 +407,7 @@ async def run_tool(name: str, arguments: str, context: ToolContext) -> ToolOutco
         if inspect.iscoroutinefunction(function):
             result = await asyncio.wait_for(function(**kwargs), found.timeout)
         else:
-            # A tool may use the database: the same connection care as our own services.
-            result = await asyncio.wait_for(in_db_thread(function)(**kwargs), found.timeout)
+            result = await asyncio.wait_for(run_sync(functools.partial(function, **kwargs)), found.timeout)
     except TimeoutError:
         logger.warning("call %s: tool %s timed out after %.1f s", context.call_sid, name, found.timeout)
         return outcome(error=f"the tool did not answer within {found.timeout:g} seconds")

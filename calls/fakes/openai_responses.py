@@ -22,13 +22,14 @@ import json
 import math
 import re
 import secrets
-import socket
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Literal
+
+from calls.fakes.local_http import KeepAliveHandler, LocalHttpServer
 
 __all__ = ["FakeResponsesServer"]
 
@@ -687,44 +688,19 @@ class FakeResponsesServer:
         self._lock = threading.Lock()
         self._requests: list[JsonObject] = []
         self._faults: list[_Fault] = []
-        self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalHttpServer("fake-openai-responses")
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._server is not None:
-            raise RuntimeError("FakeResponsesServer is already running")
         self._stopping.clear()
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_for(self))
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-openai-responses",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http.start("127.0.0.1", self._port, _handler_for(self))
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        self._stopping.set()  # wakes handlers sleeping for delay_next
-        server.shutdown()
-        server.server_close()
-        # Keep-alive connections (the SDK pools them) would otherwise go on being served.
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(timeout=5)
+        if self._http.running:
+            self._stopping.set()  # wakes handlers sleeping for delay_next
+        self._http.stop()
 
     def __enter__(self) -> FakeResponsesServer:
         self.start()
@@ -738,9 +714,7 @@ class FakeResponsesServer:
     @property
     def base_url(self) -> str:
         """What to pass as ``OpenAI(base_url=...)``."""
-        if self._server is None:
-            raise RuntimeError("FakeResponsesServer is not running: call start() first")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._http.port}/v1"
 
     # --- test controls -----------------------------------------------------------------
 
@@ -824,28 +798,11 @@ class FakeResponsesServer:
                 401, f"Incorrect API key provided: {key.strip()[:4]}****.", code="invalid_api_key"
             )
 
-    def _track(self, connection: socket.socket, *, open_: bool) -> None:
-        with self._lock:
-            if open_:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
 
 def _handler_for(fake: FakeResponsesServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects
+    class Handler(KeepAliveHandler):
+        http = fake._http
         server_version = "fake-openai-responses"
-        sys_version = ""
-        timeout = 60  # drop idle keep-alive connections eventually
-
-        def setup(self) -> None:
-            super().setup()
-            fake._track(self.connection, open_=True)
-
-        def finish(self) -> None:
-            fake._track(self.connection, open_=False)
-            super().finish()
 
         def do_POST(self) -> None:
             self._serve("POST")

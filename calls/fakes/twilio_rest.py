@@ -22,7 +22,6 @@ import hmac
 import json
 import re
 import secrets
-import socket
 import threading
 import time
 import urllib.parse
@@ -32,9 +31,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
+
+from calls.fakes.local_http import KeepAliveHandler, LocalHttpServer
 
 __all__ = [
     "API_VERSION",
@@ -292,40 +293,16 @@ class FakeTwilioRest:
         self._faults: list[tuple[int, int, str]] = []
         self._cond = threading.Condition()
         self._async_waiters: list[_AsyncWaiter] = []
-        self._connections: set[socket.socket] = set()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http = LocalHttpServer("fake-twilio-rest")
 
     # --- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> FakeTwilioRest:
-        if self._server is not None:
-            raise RuntimeError("FakeTwilioRest is already running")
-        server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
-        server.daemon_threads = True
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-twilio-rest", daemon=True
-        )
-        self._thread.start()
+        self.port = self._http.start(self.host, self.port, _handler_for(self))
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        # Keep-alive connections would otherwise go on being served after stop().
-        with self._cond:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(timeout=5)
+        self._http.stop()
 
     def __enter__(self) -> FakeTwilioRest:
         return self.start()
@@ -341,9 +318,7 @@ class FakeTwilioRest:
     @property
     def url(self) -> str:
         """The origin to use as TWILIO_API_BASE_URL."""
-        if self._server is None:
-            raise RuntimeError("FakeTwilioRest is not running: call start() first")
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.host}:{self._http.port}"
 
     # --- test controls -----------------------------------------------------------------
 
@@ -793,21 +768,9 @@ class FakeTwilioRest:
 
 
 def _handler_for(fake: FakeTwilioRest) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, like the real API (requests pools connections)
+    class Handler(KeepAliveHandler):  # keep-alive, like the real API (requests pools connections)
+        http = fake._http
         server_version = "nginx"
-        sys_version = ""
-        timeout = 60  # drop idle keep-alive connections eventually
-
-        def setup(self) -> None:
-            super().setup()
-            with fake._cond:
-                fake._connections.add(self.connection)
-
-        def finish(self) -> None:
-            with fake._cond:
-                fake._connections.discard(self.connection)
-            super().finish()
 
         def do_GET(self) -> None:
             self._serve("GET")

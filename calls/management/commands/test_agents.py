@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from calls import agent_testing
-from calls.agent_tests import SpecError
+from calls.agent_tests import SpecError, describe, line_from_data
 from calls.models import Agent, AgentTest, AgentTestRun
 
 
@@ -40,19 +40,9 @@ def junit_xml(reports: list[agent_testing.Report], seconds: float) -> bytes:
             failure = ET.SubElement(case, "failure", message=f"passed {report.score} runs")
             failure.text = "\n".join(report.failures())
             failed = next(run for run in report.runs if not run.passed)
-            ET.SubElement(case, "system-out").text = _transcript(failed)
+            conversation = describe(line_from_data(data) for data in failed.transcript)
+            ET.SubElement(case, "system-out").text = conversation or "(no conversation)"
     return bytes(ET.tostring(suite, encoding="utf-8", xml_declaration=True))
-
-
-def _transcript(run: AgentTestRun) -> str:
-    lines = []
-    for line in run.transcript:
-        if line.get("speaker") == "tool":
-            result = f"error: {line['error']}" if line.get("error") else json.dumps(line.get("output"))
-            lines.append(f"tool: {line['name']}({json.dumps(line.get('arguments'))}) -> {result}")
-        else:
-            lines.append(f"{line.get('speaker')}: {line.get('text')}")
-    return "\n".join(lines) or "(no conversation)"
 
 
 class Command(BaseCommand):
